@@ -1,0 +1,75 @@
+//! # topicbus
+//!
+//! A lock-free, in-process, topic-routed message bus.
+//!
+//! ## Motivation
+//!
+//! An application's event bus sits on the hot path: every event is routed to
+//! every interested subscriber, while subscribers come and go. topicbus routes
+//! hierarchical topics (`orders.eu.created`) to wildcard patterns
+//! (`orders.*.created`, `orders.#`) through a compiled matcher held in a
+//! copy-on-write table, so publishers never take a lock and subscription
+//! churn never stalls them.
+//!
+//! ## What is here today
+//!
+//! - [`Topic`] and [`Pattern`]: parsed once, valid by construction, with a
+//!   typed [`TopicError`] that names the broken rule and its byte position.
+//! - [`matcher::Matcher`]: the compiled matcher, usable on its own. Exact
+//!   patterns in a hash map, wildcards in a trie walked as an NFA; results
+//!   deduplicated per value; no allocation per match; persistent, so a change
+//!   copies O(depth) nodes instead of rebuilding.
+//! - [`registry::Registry`]: the copy-on-write subscription table (arc-swap)
+//!   the bus routes through; lock-free reads, serialised writers.
+//!
+//! The bus runtime (mailboxes, workers, delivery, reliability) builds on these.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use topicbus::matcher::Matcher;
+//! use topicbus::{Pattern, Topic};
+//!
+//! let mut routes = Matcher::new();
+//! routes.insert(&Pattern::parse("orders.*.created")?, "billing");
+//! routes.insert(&Pattern::parse("orders.#")?, "audit");
+//! routes.insert(&Pattern::parse("#.failed")?, "alerts");
+//!
+//! let topic = Topic::parse("orders.eu.created")?;
+//! let mut hit = routes.matches(&topic).to_vec();
+//! hit.sort();
+//! assert_eq!(hit, ["audit", "billing"]);
+//! # Ok::<(), topicbus::TopicError>(())
+//! ```
+//!
+//! ## Semantics
+//!
+//! - Levels are separated by `.`; each is non-empty; matching is byte-exact
+//!   and case-sensitive; default limits are 255 bytes and 32 levels.
+//! - In patterns, `*` matches exactly one level and `#` zero or more levels;
+//!   both only as whole levels, `#` any number of times, anywhere.
+//! - [`Pattern::matches`] is the reference definition; the compiled matcher is
+//!   tested against it with property tests and a differential fuzz target.
+//!
+//! ## Features
+//!
+//! | feature | enables |
+//! |---|---|
+//! | `serde` | `Serialize` / `Deserialize` for [`Topic`] and [`Pattern`] (deserializing validates) |
+
+#![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(unsafe_code)]
+
+pub mod matcher;
+pub mod registry;
+mod sync;
+mod topic;
+
+pub use crate::topic::{
+    Level, Limits, Pattern, Topic, TopicError, TopicErrorKind, HASH, SEPARATOR, STAR,
+};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,447 @@
+//! The compiled topic matcher: many patterns, one topic, no allocation.
+//!
+//! [`Matcher<V>`] maps [`Pattern`]s to values and answers "which values have a
+//! pattern matching this topic?". It is the routing table of the bus, and
+//! usable on its own.
+//!
+//! - **Exact patterns** (no wildcard) live in a hash map keyed by the whole
+//!   topic text: one hash and one probe, whatever their number.
+//! - **Wildcard patterns** live in a trie walked level by level as an NFA with
+//!   deduplicated state sets (see the `trie` module's docs): the cost grows with
+//!   the topic depth and the number of live wildcard states, not with the
+//!   number of patterns, and stays polynomial for any number of `#`.
+//! - **Results are deduplicated per value**: a value registered under several
+//!   matching patterns is reported once. Only values registered under more
+//!   than one pattern are ever compared, so dedup is free in the common case.
+//! - **No heap allocation per match**: [`Matcher::for_each_match`] runs on
+//!   inline buffers; [`Matcher::matches`] returns an inline [`MatchSet`].
+//! - **Persistent**: `clone` is O(1) and an insert or remove afterwards copies
+//!   only O(depth) trie nodes and O(log n) hash-map nodes. The registry builds
+//!   each new snapshot this way, so a subscription change never rebuilds the
+//!   table.
+//!
+//! # Examples
+//!
+//! ```
+//! use topicbus::matcher::Matcher;
+//! use topicbus::{Pattern, Topic};
+//!
+//! let mut m = Matcher::new();
+//! m.insert(&Pattern::parse("orders.*.created")?, "audit");
+//! m.insert(&Pattern::parse("orders.#")?, "archive");
+//! m.insert(&Pattern::parse("orders.eu.created")?, "archive"); // same value twice
+//!
+//! let mut hits = m.matches(&Topic::parse("orders.eu.created")?).to_vec();
+//! hits.sort();
+//! assert_eq!(hits, ["archive", "audit"]); // "archive" reported once
+//! # Ok::<(), topicbus::TopicError>(())
+//! ```
+
+mod trie;
+
+use std::fmt;
+use std::hash::Hash;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::topic::{Pattern, Topic};
+use trie::Node;
+
+/// A persistent hash map with the crate's hasher.
+pub(crate) type PMap<K, V> =
+    imbl::GenericHashMap<K, V, ahash::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// A value where one pattern ends.
+#[derive(Clone)]
+struct Slot<V> {
+    value: V,
+    /// The value is registered under more than one pattern, so a match may
+    /// reach it twice and must be deduplicated.
+    shared: bool,
+}
+
+/// The patterns one value is registered under.
+type PatternList = SmallVec<[Pattern; 1]>;
+
+/// A compiled set of patterns, each mapped to values.
+///
+/// `V` is the value reported on a match (a subscription id, a handle, …);
+/// `Clone` should be cheap, because the persistent structure clones values
+/// when it copies a node. A value may be registered under many patterns and a
+/// pattern may carry many values; each `(pattern, value)` pair is stored once.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::matcher::Matcher;
+/// use topicbus::{Pattern, Topic};
+///
+/// let mut m: Matcher<u32> = Matcher::new();
+/// assert!(m.insert(&Pattern::parse("sensor.*.temp")?, 1));
+/// assert!(m.insert(&Pattern::parse("#.temp")?, 2));
+/// assert_eq!(m.matches(&Topic::parse("sensor.lab.temp")?).len(), 2);
+///
+/// let before = m.clone(); // O(1): versions share structure
+/// assert!(m.remove(&Pattern::parse("#.temp")?, &2));
+/// assert_eq!(m.matches(&Topic::parse("sensor.lab.temp")?).as_slice(), [1]);
+/// assert_eq!(before.matches(&Topic::parse("sensor.lab.temp")?).len(), 2);
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
+#[derive(Clone)]
+pub struct Matcher<V> {
+    /// Exact patterns, keyed by their text.
+    exact: PMap<Arc<str>, Arc<[Slot<V>]>>,
+    /// Wildcard patterns; `None` when there are none, so exact-only tables
+    /// skip the walk entirely.
+    root: Option<Arc<Node<V>>>,
+    /// Every value and the patterns it is registered under.
+    index: PMap<V, PatternList>,
+    /// Number of `(pattern, value)` pairs.
+    len: usize,
+}
+
+impl<V: Clone + Eq + Hash> Default for Matcher<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V: Clone + Eq + Hash> Matcher<V> {
+    /// An empty matcher.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::matcher::Matcher;
+    /// let m: Matcher<u64> = Matcher::new();
+    /// assert!(m.is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self {
+            exact: PMap::with_hasher(crate::sync::hasher()),
+            root: None,
+            index: PMap::with_hasher(crate::sync::hasher()),
+            len: 0,
+        }
+    }
+
+    /// The number of `(pattern, value)` pairs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern};
+    /// let mut m = Matcher::new();
+    /// m.insert(&Pattern::parse("a")?, 1);
+    /// m.insert(&Pattern::parse("b")?, 1);
+    /// assert_eq!(m.len(), 2);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no pattern is registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::matcher::Matcher;
+    /// assert!(Matcher::<u8>::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The number of distinct values.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern};
+    /// let mut m = Matcher::new();
+    /// m.insert(&Pattern::parse("a")?, 7);
+    /// m.insert(&Pattern::parse("b.#")?, 7);
+    /// assert_eq!(m.value_count(), 1);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn value_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The patterns `value` is registered under, in insertion order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern};
+    /// let mut m = Matcher::new();
+    /// m.insert(&Pattern::parse("a.*")?, 'x');
+    /// assert_eq!(m.patterns(&'x').unwrap()[0].as_str(), "a.*");
+    /// assert!(m.patterns(&'y').is_none());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn patterns(&self, value: &V) -> Option<&[Pattern]> {
+        self.index.get(value).map(|l| l.as_slice())
+    }
+
+    /// Registers `value` under `pattern`. Returns false (and changes nothing)
+    /// when the pair is already registered.
+    ///
+    /// Costs O(depth) node copies when this matcher shares structure with a
+    /// clone, plus O(k) for the k values already at that pattern.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern};
+    /// let mut m = Matcher::new();
+    /// let p = Pattern::parse("a.#")?;
+    /// assert!(m.insert(&p, 1));
+    /// assert!(!m.insert(&p, 1));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn insert(&mut self, pattern: &Pattern, value: V) -> bool {
+        let mut list = self.index.get(&value).cloned().unwrap_or_default();
+        if list.contains(pattern) {
+            return false;
+        }
+        let shared = !list.is_empty();
+        if list.len() == 1 {
+            // The value's first pattern now has a sibling: mark its slot too.
+            self.set_shared(&list[0], &value, true);
+        }
+        self.edit_slots(pattern, |slots| {
+            slots.push(Slot {
+                value: value.clone(),
+                shared,
+            })
+        });
+        list.push(pattern.clone());
+        self.index.insert(value, list);
+        self.len += 1;
+        true
+    }
+
+    /// Unregisters `value` from `pattern`. Returns false when the pair was not
+    /// registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern};
+    /// let mut m = Matcher::new();
+    /// let p = Pattern::parse("a.*")?;
+    /// m.insert(&p, 1);
+    /// assert!(m.remove(&p, &1));
+    /// assert!(!m.remove(&p, &1));
+    /// assert!(m.is_empty());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn remove(&mut self, pattern: &Pattern, value: &V) -> bool {
+        let Some(list) = self.index.get(value) else {
+            return false;
+        };
+        let Some(at) = list.iter().position(|p| p == pattern) else {
+            return false;
+        };
+        let mut list = list.clone();
+        list.remove(at);
+        self.edit_slots(pattern, |slots| slots.retain(|s| s.value != *value));
+        if list.len() == 1 {
+            // Back to a single pattern: its slot needs no dedup any more.
+            self.set_shared(&list[0], value, false);
+        }
+        if list.is_empty() {
+            self.index.remove(value);
+        } else {
+            self.index.insert(value.clone(), list);
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Unregisters `value` from every pattern; returns how many it had.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern};
+    /// let mut m = Matcher::new();
+    /// m.insert(&Pattern::parse("a")?, 1);
+    /// m.insert(&Pattern::parse("b.#")?, 1);
+    /// assert_eq!(m.remove_value(&1), 2);
+    /// assert!(m.is_empty());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn remove_value(&mut self, value: &V) -> usize {
+        let Some(list) = self.index.remove(value) else {
+            return 0;
+        };
+        for pattern in &list {
+            self.edit_slots(pattern, |slots| slots.retain(|s| s.value != *value));
+        }
+        self.len -= list.len();
+        list.len()
+    }
+
+    /// Calls `f` once for every value with a pattern matching `topic`, in an
+    /// unspecified order. Allocates nothing (beyond pathological wildcard
+    /// sets, see the module docs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern, Topic};
+    /// let mut m = Matcher::new();
+    /// m.insert(&Pattern::parse("a.*")?, 1);
+    /// m.insert(&Pattern::parse("#")?, 2);
+    /// let mut sum = 0;
+    /// m.for_each_match(&Topic::parse("a.b")?, |v| sum += *v);
+    /// assert_eq!(sum, 3);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    #[inline]
+    pub fn for_each_match<'a>(&'a self, topic: &Topic, mut f: impl FnMut(&'a V)) {
+        // Values registered under several patterns that were already emitted.
+        let mut seen: SmallVec<[&'a V; 8]> = SmallVec::new();
+        let mut emit = |slots: &'a [Slot<V>]| {
+            for slot in slots {
+                if slot.shared {
+                    if seen.contains(&&slot.value) {
+                        continue;
+                    }
+                    seen.push(&slot.value);
+                }
+                f(&slot.value);
+            }
+        };
+        if let Some(slots) = self.exact.get(topic.as_str()) {
+            emit(slots);
+        }
+        if let Some(root) = &self.root {
+            trie::walk(root, topic.levels(), |node| emit(&node.values));
+        }
+    }
+
+    /// The values with a pattern matching `topic`, deduplicated, in an
+    /// unspecified order. Inline storage for up to eight results.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern, Topic};
+    /// let mut m = Matcher::new();
+    /// m.insert(&Pattern::parse("a.#.z")?, "deep");
+    /// assert_eq!(m.matches(&Topic::parse("a.z")?).as_slice(), ["deep"]);
+    /// assert!(m.matches(&Topic::parse("a.y")?).is_empty());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn matches(&self, topic: &Topic) -> MatchSet<V> {
+        let mut out = MatchSet(SmallVec::new());
+        self.for_each_match(topic, |v| out.0.push(v.clone()));
+        out
+    }
+
+    /// Marks the slot of `value` at `pattern` as shared (or not).
+    fn set_shared(&mut self, pattern: &Pattern, value: &V, shared: bool) {
+        self.edit_slots(pattern, |slots| {
+            for slot in slots.iter_mut().filter(|s| s.value == *value) {
+                slot.shared = shared;
+            }
+        });
+    }
+
+    /// Applies `f` to the value slots of `pattern`, creating the location if
+    /// needed and removing it if it ends up empty.
+    fn edit_slots(&mut self, pattern: &Pattern, f: impl FnOnce(&mut Vec<Slot<V>>)) {
+        if pattern.is_exact() {
+            let key = pattern.as_str();
+            let mut slots = self.exact.get(key).map(|s| s.to_vec()).unwrap_or_default();
+            f(&mut slots);
+            if slots.is_empty() {
+                self.exact.remove(key);
+            } else {
+                self.exact
+                    .insert(pattern.shared_text().clone(), Arc::from(slots));
+            }
+        } else {
+            let root = self.root.get_or_insert_with(|| Arc::new(Node::empty()));
+            if Node::edit(root, pattern.levels(), f) {
+                self.root = None;
+            }
+        }
+    }
+}
+
+impl<V> fmt::Debug for Matcher<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Matcher")
+            .field("len", &self.len)
+            .field("exact_patterns", &self.exact.len())
+            .field("values", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of [`Matcher::matches`]: deduplicated values, stored inline up
+/// to eight.
+///
+/// # Examples
+///
+/// ```
+/// # use topicbus::{matcher::Matcher, Pattern, Topic};
+/// let mut m = Matcher::new();
+/// m.insert(&Pattern::parse("a")?, 1);
+/// let set = m.matches(&Topic::parse("a")?);
+/// assert_eq!(set.len(), 1);
+/// assert_eq!(set.into_iter().sum::<i32>(), 1);
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatchSet<V>(SmallVec<[V; 8]>);
+
+impl<V> MatchSet<V> {
+    /// The values as a slice.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{matcher::Matcher, Pattern, Topic};
+    /// let mut m = Matcher::new();
+    /// m.insert(&Pattern::parse("a")?, 1);
+    /// assert_eq!(m.matches(&Topic::parse("a")?).as_slice(), [1]);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn as_slice(&self) -> &[V] {
+        &self.0
+    }
+}
+
+impl<V> Deref for MatchSet<V> {
+    type Target = [V];
+    fn deref(&self) -> &[V] {
+        &self.0
+    }
+}
+
+impl<V> IntoIterator for MatchSet<V> {
+    type Item = V;
+    type IntoIter = smallvec::IntoIter<[V; 8]>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a, V> IntoIterator for &'a MatchSet<V> {
+    type Item = &'a V;
+    type IntoIter = std::slice::Iter<'a, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests;

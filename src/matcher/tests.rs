@@ -1,0 +1,243 @@
+use super::*;
+use crate::topic::tests::SEMANTICS;
+
+fn p(s: &str) -> Pattern {
+    Pattern::parse(s).unwrap()
+}
+
+fn t(s: &str) -> Topic {
+    Topic::parse(s).unwrap()
+}
+
+fn sorted<V: Clone + Ord>(set: MatchSet<V>) -> Vec<V> {
+    let mut v = set.to_vec();
+    v.sort();
+    v
+}
+
+/// The oracle: every registered pair checked with `Pattern::matches`.
+fn reference(pairs: &[(Pattern, u32)], topic: &Topic) -> Vec<u32> {
+    let mut v: Vec<u32> = pairs
+        .iter()
+        .filter(|(p, _)| p.matches(topic))
+        .map(|(_, v)| *v)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn each_semantics_row_alone() {
+    for &(pat, topic, want) in SEMANTICS {
+        let mut m = Matcher::new();
+        m.insert(&p(pat), 1u8);
+        let got = !m.matches(&t(topic)).is_empty();
+        assert_eq!(got, want, "pattern {pat:?} vs topic {topic:?}");
+    }
+}
+
+#[test]
+fn all_semantics_rows_together() {
+    let mut m = Matcher::new();
+    let mut pairs = Vec::new();
+    for (i, &(pat, _, _)) in SEMANTICS.iter().enumerate() {
+        let v = i as u32;
+        m.insert(&p(pat), v);
+        pairs.push((p(pat), v));
+    }
+    for &(_, topic, _) in SEMANTICS {
+        let topic = t(topic);
+        assert_eq!(
+            sorted(m.matches(&topic)),
+            reference(&pairs, &topic),
+            "{topic}"
+        );
+    }
+}
+
+#[test]
+fn one_value_with_several_matching_patterns_is_reported_once() {
+    let mut m = Matcher::new();
+    for pat in ["a.b.c", "a.*.c", "a.#", "#", "#.c", "*.b.*"] {
+        assert!(m.insert(&p(pat), 7u32));
+    }
+    m.insert(&p("a.b.c"), 8);
+    assert_eq!(sorted(m.matches(&t("a.b.c"))), [7, 8]);
+    // Removing all but one pattern leaves a plain (unshared) slot behind.
+    for pat in ["a.b.c", "a.*.c", "a.#", "#", "#.c"] {
+        assert!(m.remove(&p(pat), &7));
+    }
+    assert_eq!(m.patterns(&7).map(<[_]>::len), Some(1));
+    assert_eq!(sorted(m.matches(&t("a.b.c"))), [7, 8]);
+    assert_eq!(sorted(m.matches(&t("x.b.y"))), [7]);
+}
+
+#[test]
+fn many_values_at_one_pattern_and_overlapping_patterns() {
+    let mut m = Matcher::new();
+    for v in 0..100u32 {
+        m.insert(&p("orders.*"), v);
+    }
+    m.insert(&p("orders.#"), 1000);
+    m.insert(&p("orders.eu"), 1001);
+    let got = sorted(m.matches(&t("orders.eu")));
+    assert_eq!(got.len(), 102);
+    assert_eq!(got[..3], [0, 1, 2]);
+    assert_eq!(got[100..], [1000, 1001]);
+}
+
+#[test]
+fn duplicate_insert_and_missing_remove_change_nothing() {
+    let mut m = Matcher::new();
+    assert!(m.insert(&p("a.*"), 1u32));
+    assert!(!m.insert(&p("a.*"), 1));
+    assert_eq!(m.len(), 1);
+    assert!(!m.remove(&p("a.#"), &1));
+    assert!(!m.remove(&p("a.*"), &2));
+    assert_eq!(m.len(), 1);
+    assert_eq!(m.remove_value(&2), 0);
+}
+
+#[test]
+fn removing_everything_prunes_the_trie() {
+    let mut m = Matcher::new();
+    let pats = ["a.b.c", "a.*.c", "a.#", "#.x", "*.*", "a.#.#.z"];
+    for (i, pat) in pats.iter().enumerate() {
+        m.insert(&p(pat), i);
+    }
+    assert!(m.root.is_some());
+    for (i, pat) in pats.iter().enumerate() {
+        assert!(m.remove(&p(pat), &i));
+    }
+    assert!(m.is_empty());
+    assert!(m.root.is_none(), "empty trie nodes must be pruned");
+    assert!(m.exact.is_empty());
+    assert_eq!(m.value_count(), 0);
+}
+
+#[test]
+fn children_switch_between_vector_and_map() {
+    let mut m = Matcher::new();
+    let n = trie::SMALL_MAX as u32 * 4;
+    for i in 0..n {
+        m.insert(&p(&format!("s.{i}.*")), i);
+    }
+    for i in 0..n {
+        assert_eq!(m.matches(&t(&format!("s.{i}.x"))).as_slice(), [i]);
+    }
+    // Shrink back below the hysteresis threshold; the rest stays reachable.
+    for i in 2..n {
+        assert!(m.remove(&p(&format!("s.{i}.*")), &i));
+    }
+    assert_eq!(m.matches(&t("s.0.x")).as_slice(), [0]);
+    assert_eq!(m.matches(&t("s.1.x")).as_slice(), [1]);
+    assert!(m.matches(&t("s.5.x")).is_empty());
+}
+
+#[test]
+fn clones_are_independent_versions() {
+    let mut a = Matcher::new();
+    a.insert(&p("x.*"), 1u32);
+    a.insert(&p("x.y"), 2);
+    let b = a.clone();
+    a.insert(&p("x.#"), 3);
+    a.remove(&p("x.y"), &2);
+    assert_eq!(sorted(a.matches(&t("x.y"))), [1, 3]);
+    assert_eq!(sorted(b.matches(&t("x.y"))), [1, 2]);
+    assert_eq!((a.len(), b.len()), (2, 2));
+}
+
+#[test]
+fn fifteen_hashes_against_thirty_one_levels_is_bounded_and_right() {
+    let mut m = Matcher::new();
+    let hashes = vec!["#"; 15].join(".");
+    m.insert(&p(&format!("{hashes}.z")), 1u32);
+    m.insert(&p(&hashes), 2);
+    m.insert(&p(&format!("a.{hashes}.a.{hashes}")), 3);
+    let miss = t(&vec!["a"; 31].join("."));
+    assert_eq!(sorted(m.matches(&miss)), [2, 3]);
+    let hit = t(&format!("{}.z", vec!["a"; 30].join(".")));
+    assert_eq!(sorted(m.matches(&hit)), [1, 2, 3]);
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Levels from a small alphabet so patterns and topics collide often.
+    fn topic() -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..7)
+            .prop_map(|v| v.join("."))
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![3 => Just("a"), 2 => Just("b"), 1 => Just("c"), 2 => Just("*"), 2 => Just("#")],
+            1..7,
+        )
+        .prop_map(|v| v.join("."))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(String, u32),
+        Remove(String, u32),
+        RemoveValue(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (pattern(), 0..8u32).prop_map(|(p, v)| Op::Insert(p, v)),
+            3 => (pattern(), 0..8u32).prop_map(|(p, v)| Op::Remove(p, v)),
+            1 => (0..8u32).prop_map(Op::RemoveValue),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// After every step of a random insert/remove sequence, the compiled
+        /// matcher (and an older clone of it) agrees with the reference scan.
+        #[test]
+        fn compiled_matcher_equals_reference(ops in proptest::collection::vec(op(), 1..40),
+                                             topics in proptest::collection::vec(topic(), 1..8)) {
+            let topics: Vec<Topic> = topics.iter().map(|s| t(s)).collect();
+            let mut m = Matcher::new();
+            let mut pairs: Vec<(Pattern, u32)> = Vec::new();
+            let mut versions = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(s, v) => {
+                        let pat = p(&s);
+                        let fresh = !pairs.contains(&(pat.clone(), v));
+                        prop_assert_eq!(m.insert(&pat, v), fresh);
+                        if fresh { pairs.push((pat, v)); }
+                    }
+                    Op::Remove(s, v) => {
+                        let pat = p(&s);
+                        let before = pairs.len();
+                        pairs.retain(|x| *x != (pat.clone(), v));
+                        prop_assert_eq!(m.remove(&pat, &v), pairs.len() < before);
+                    }
+                    Op::RemoveValue(v) => {
+                        let before = pairs.len();
+                        pairs.retain(|x| x.1 != v);
+                        prop_assert_eq!(m.remove_value(&v), before - pairs.len());
+                    }
+                }
+                prop_assert_eq!(m.len(), pairs.len());
+                for topic in &topics {
+                    prop_assert_eq!(sorted(m.matches(topic)), reference(&pairs, topic));
+                }
+                versions.push((m.clone(), pairs.clone()));
+            }
+            // Structural sharing never leaks a later change into an old version.
+            for (old, old_pairs) in &versions {
+                for topic in &topics {
+                    prop_assert_eq!(sorted(old.matches(topic)), reference(old_pairs, topic));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The one place that names atomics, locks, `Arc` and the atomic `Arc` cell.
+//!
+//! Everything concurrent in topicbus imports from here, never from `std::sync`,
+//! `parking_lot`, `arc_swap` or `loom` directly. Under `--cfg topicbus_loom` the
+//! same names resolve to loom's model-checked stand-ins, so the models in
+//! `loom-tests/` check *our* protocols (writer serialisation, snapshot
+//! publication, and later the mailbox state machine) without rewriting them.
+//!
+//! Both backends expose identical signatures: `Mutex::lock` returns the guard
+//! (no poisoning), and [`ArcCell`] has `new` / `load` / `load_full` / `store`.
+//!
+//! Third-party lock-free code is opaque to loom (arc-swap has no loom support),
+//! so under loom [`ArcCell`] is a `Mutex<Arc<T>>`: the models then check the
+//! protocol built on top of it, which is what can be wrong in our code.
+//!
+//! The persistent data structures inside a snapshot (the matcher's trie and
+//! hash maps) use `std::sync::Arc` directly: they are immutable once published
+//! and take part in no protocol, so there is nothing for loom to explore there.
+
+#![allow(dead_code, unused_imports, unreachable_pub)]
+
+#[cfg(not(topicbus_loom))]
+mod imp {
+    pub use std::sync::atomic;
+    pub use std::sync::Arc;
+    pub use std::thread;
+
+    /// A mutual-exclusion lock whose `lock` returns the guard directly.
+    pub type Mutex<T> = parking_lot::Mutex<T>;
+    /// The guard of [`Mutex`].
+    pub type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+
+    /// An atomically replaceable `Arc<T>`: lock-free loads, serialised stores.
+    #[derive(Debug)]
+    pub struct ArcCell<T>(arc_swap::ArcSwap<T>);
+
+    /// A loaded value of an [`ArcCell`]; cheap to take, meant to be short-lived.
+    pub struct Guard<T>(arc_swap::Guard<Arc<T>>);
+
+    impl<T> ArcCell<T> {
+        pub fn new(value: Arc<T>) -> Self {
+            Self(arc_swap::ArcSwap::new(value))
+        }
+
+        /// A lock-free load. In steady state it touches no reference count.
+        #[inline]
+        pub fn load(&self) -> Guard<T> {
+            Guard(self.0.load())
+        }
+
+        /// A load that returns an owned `Arc` (one reference-count increment).
+        #[inline]
+        pub fn load_full(&self) -> Arc<T> {
+            self.0.load_full()
+        }
+
+        /// Publishes `value`; every load that starts after this returns sees it
+        /// (arc-swap's store and load are sequentially consistent).
+        pub fn store(&self, value: Arc<T>) {
+            self.0.store(value);
+        }
+    }
+
+    impl<T> std::ops::Deref for Guard<T> {
+        type Target = T;
+        #[inline]
+        fn deref(&self) -> &T {
+            &self.0
+        }
+    }
+
+    impl<T> Guard<T> {
+        /// Upgrades the guard into an owned `Arc`.
+        pub fn into_arc(self) -> Arc<T> {
+            arc_swap::Guard::into_inner(self.0)
+        }
+    }
+}
+
+#[cfg(topicbus_loom)]
+mod imp {
+    pub use loom::sync::atomic;
+    pub use loom::sync::Arc;
+    pub use loom::thread;
+
+    /// loom's mutex behind the same `lock() -> guard` signature as parking_lot.
+    #[derive(Debug)]
+    pub struct Mutex<T>(loom::sync::Mutex<T>);
+    /// The guard of [`Mutex`].
+    pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+    impl<T> Mutex<T> {
+        pub fn new(value: T) -> Self {
+            Self(loom::sync::Mutex::new(value))
+        }
+
+        pub fn lock(&self) -> MutexGuard<'_, T> {
+            // loom's mutex only poisons if a model thread panicked, in which
+            // case the model has failed anyway.
+            self.0.lock().expect("loom mutex poisoned")
+        }
+    }
+
+    /// The loom stand-in for `ArcSwap`: a mutex around an `Arc`.
+    #[derive(Debug)]
+    pub struct ArcCell<T>(loom::sync::Mutex<Arc<T>>);
+
+    /// A loaded value of an [`ArcCell`].
+    pub struct Guard<T>(Arc<T>);
+
+    impl<T> ArcCell<T> {
+        pub fn new(value: Arc<T>) -> Self {
+            Self(loom::sync::Mutex::new(value))
+        }
+
+        pub fn load(&self) -> Guard<T> {
+            Guard(self.load_full())
+        }
+
+        pub fn load_full(&self) -> Arc<T> {
+            Arc::clone(&self.0.lock().expect("loom mutex poisoned"))
+        }
+
+        pub fn store(&self, value: Arc<T>) {
+            let old = std::mem::replace(&mut *self.0.lock().expect("loom mutex poisoned"), value);
+            // Drop the old snapshot outside the lock, as arc-swap does.
+            drop(old);
+        }
+    }
+
+    impl<T> std::ops::Deref for Guard<T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            &self.0
+        }
+    }
+
+    impl<T> Guard<T> {
+        pub fn into_arc(self) -> Arc<T> {
+            self.0
+        }
+    }
+}
+
+pub(crate) use imp::*;
+
+/// The hasher the matcher's maps use. Seeded randomly per process normally
+/// (hash flooding through attacker-chosen topics is not cheap), and with fixed
+/// seeds under loom and fuzzing so runs are deterministic.
+pub(crate) fn hasher() -> ahash::RandomState {
+    #[cfg(any(topicbus_loom, fuzzing))]
+    {
+        ahash::RandomState::with_seeds(
+            0x243f_6a88_85a3_08d3,
+            0x1319_8a2e_0370_7344,
+            0xa409_3822_299f_31d0,
+            0x082e_fa98_ec4e_6c89,
+        )
+    }
+    #[cfg(not(any(topicbus_loom, fuzzing)))]
+    {
+        ahash::RandomState::new()
+    }
+}

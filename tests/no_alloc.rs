@@ -1,0 +1,139 @@
+//! Proves that matching allocates nothing, with a counting global allocator.
+//!
+//! The counter is per thread, so the test harness's own threads cannot add
+//! noise and a missed allocation cannot hide behind another thread's.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use topicbus::matcher::Matcher;
+use topicbus::registry::Registry;
+use topicbus::{Pattern, Topic};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every method forwards to `System` unchanged; the counter is a
+// const-initialised thread-local `Cell`, which never allocates.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's arguments.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> u64 {
+    let before = ALLOCS.with(Cell::get);
+    f();
+    ALLOCS.with(Cell::get) - before
+}
+
+fn table() -> (Matcher<u32>, Vec<Topic>) {
+    let mut m = Matcher::new();
+    let mut v = 0;
+    let mut add = |m: &mut Matcher<u32>, s: &str| {
+        m.insert(&Pattern::parse(s).unwrap(), v);
+        v += 1;
+    };
+    for region in ["eu", "us", "ap"] {
+        for event in ["created", "updated", "shipped", "cancelled"] {
+            add(&mut m, &format!("orders.{region}.{event}"));
+        }
+        add(&mut m, &format!("orders.{region}.#"));
+    }
+    for i in 0..64 {
+        add(&mut m, &format!("sensor.site{i}.*.temp"));
+    }
+    for s in [
+        "orders.*.created",
+        "#.cancelled",
+        "#",
+        "*.*.*",
+        "orders.#.shipped",
+    ] {
+        add(&mut m, s);
+    }
+    // One value under several patterns exercises the dedup path.
+    for s in ["orders.eu.created", "orders.*.*", "#.created"] {
+        m.insert(&Pattern::parse(s).unwrap(), 9999);
+    }
+    let topics = [
+        "orders.eu.created",
+        "orders.us.cancelled",
+        "sensor.site7.r3.temp",
+        "unknown.topic",
+        "a.b.c.d.e.f.g.h",
+    ]
+    .iter()
+    .map(|s| Topic::parse(s).unwrap())
+    .collect();
+    (m, topics)
+}
+
+#[test]
+fn matching_allocates_nothing() {
+    let (m, topics) = table();
+    for topic in &topics {
+        let mut count = 0usize;
+        let allocs = allocations_during(|| {
+            m.for_each_match(topic, |_| count += 1);
+        });
+        assert!(count > 0, "{topic} should match something");
+        assert_eq!(allocs, 0, "for_each_match allocated for {topic}");
+
+        let allocs = allocations_during(|| {
+            let set = m.matches(topic);
+            assert!(set.len() <= 8, "stays inline");
+            std::hint::black_box(set);
+        });
+        assert_eq!(allocs, 0, "matches allocated for {topic}");
+    }
+}
+
+#[test]
+fn registry_load_and_match_allocate_nothing() {
+    let reg = Registry::new();
+    let patterns = [
+        "orders.#",
+        "orders.*.created",
+        "#.created",
+        "orders.eu.created",
+    ];
+    for s in patterns {
+        reg.subscribe([Pattern::parse(s).unwrap()], s.len());
+    }
+    let topic = Topic::parse("orders.eu.created").unwrap();
+    let mut sum = 0;
+    let allocs = allocations_during(|| {
+        let snap = reg.load();
+        snap.for_each_match(&topic, |e| sum += *e.value());
+    });
+    assert_eq!(sum, patterns.iter().map(|s| s.len()).sum::<usize>());
+    assert_eq!(allocs, 0);
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // Guards the test itself: a counter that never counts proves nothing.
+    let allocs = allocations_during(|| {
+        std::hint::black_box(Box::new(1u64));
+    });
+    assert_eq!(allocs, 1);
+}
