@@ -53,6 +53,90 @@ use trie::Node;
 pub(crate) type PMap<K, V> =
     imbl::GenericHashMap<K, V, ahash::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
+/// A persistent hash map keyed by an already computed (seeded) hash.
+type IdMap<V> = imbl::GenericHashMap<
+    u64,
+    V,
+    std::hash::BuildHasherDefault<IdHasher>,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
+
+/// Entries whose keys share one hash (almost always exactly one).
+type Bucket<T> = SmallVec<[(Arc<str>, T); 1]>;
+
+/// Passes a `u64` key through: the keys of an [`IdMap`] are seeded ahash
+/// values already.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; fold anything else in for completeness.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(MIX);
+        }
+    }
+}
+
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Folds one level hash into the running hash of a whole topic. Order
+/// matters (`a.b` and `b.a` differ); collisions only cost a text comparison.
+#[inline]
+fn mix(acc: u64, level: u64) -> u64 {
+    (acc ^ level).wrapping_mul(MIX).rotate_left(31)
+}
+
+/// The seeded hash of one level, shared by every node of a matcher.
+#[derive(Clone)]
+struct LevelHash {
+    state: ahash::RandomState,
+    /// Tests only: squeeze hashes into 2 bits so nearly every lookup goes
+    /// through the collision buckets.
+    #[cfg(test)]
+    collide: bool,
+}
+
+impl LevelHash {
+    #[inline]
+    fn hash(&self, level: &str) -> u64 {
+        let h = self.state.hash_one(level);
+        #[cfg(test)]
+        if self.collide {
+            return h & 3;
+        }
+        h
+    }
+}
+
+/// The levels of a validated topic or pattern: a plain byte loop, cheaper than
+/// `str::split` for the short strings topics are.
+#[inline]
+fn split_levels(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == b'.') {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// A value where one pattern ends.
 #[derive(Clone)]
 struct Slot<V> {
@@ -91,8 +175,11 @@ type PatternList = SmallVec<[Pattern; 1]>;
 /// ```
 #[derive(Clone)]
 pub struct Matcher<V> {
-    /// Exact patterns, keyed by their text.
-    exact: PMap<Arc<str>, Arc<[Slot<V>]>>,
+    /// Hashes levels; a topic's hash is its level hashes folded with [`mix`],
+    /// so one pass over a topic serves the exact map and the trie.
+    levels: LevelHash,
+    /// Exact patterns, keyed by the hash of their text.
+    exact: IdMap<Bucket<Arc<[Slot<V>]>>>,
     /// Wildcard patterns; `None` when there are none, so exact-only tables
     /// skip the walk entirely.
     root: Option<Arc<Node<V>>>,
@@ -120,7 +207,12 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
     /// ```
     pub fn new() -> Self {
         Self {
-            exact: PMap::with_hasher(crate::sync::hasher()),
+            levels: LevelHash {
+                state: crate::sync::hasher(),
+                #[cfg(test)]
+                collide: false,
+            },
+            exact: IdMap::default(),
             root: None,
             index: PMap::with_hasher(crate::sync::hasher()),
             len: 0,
@@ -318,11 +410,28 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
                 f(&slot.value);
             }
         };
-        if let Some(slots) = self.exact.get(topic.as_str()) {
-            emit(slots);
+        // One pass over the levels: hash each once, feed the trie walk with it
+        // and fold it into the whole topic's hash for the exact map.
+        let mut walk = self.root.as_deref().map(trie::Walk::new);
+        let mut full = 0u64;
+        for level in split_levels(topic.as_str()) {
+            let h = self.levels.hash(level);
+            full = mix(full, h);
+            if let Some(w) = &mut walk {
+                if !w.step(level, h) {
+                    walk = None;
+                }
+            }
         }
-        if let Some(root) = &self.root {
-            trie::walk(root, topic.levels(), |node| emit(&node.values));
+        if let Some(bucket) = self.exact.get(&full) {
+            for (text, slots) in bucket {
+                if **text == *topic.as_str() {
+                    emit(slots);
+                }
+            }
+        }
+        if let Some(w) = walk {
+            w.finish(|node| emit(&node.values));
         }
     }
 
@@ -358,18 +467,28 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
     /// needed and removing it if it ends up empty.
     fn edit_slots(&mut self, pattern: &Pattern, f: impl FnOnce(&mut Vec<Slot<V>>)) {
         if pattern.is_exact() {
-            let key = pattern.as_str();
-            let mut slots = self.exact.get(key).map(|s| s.to_vec()).unwrap_or_default();
+            let text = pattern.as_str();
+            let key = split_levels(text).fold(0, |acc, l| mix(acc, self.levels.hash(l)));
+            let bucket = self.exact.entry(key).or_default();
+            let at = bucket.iter().position(|(t, _)| **t == *text);
+            let mut slots = at.map(|i| bucket[i].1.to_vec()).unwrap_or_default();
             f(&mut slots);
-            if slots.is_empty() {
-                self.exact.remove(key);
-            } else {
-                self.exact
-                    .insert(pattern.shared_text().clone(), Arc::from(slots));
+            match (at, slots.is_empty()) {
+                (Some(i), true) => {
+                    bucket.swap_remove(i);
+                }
+                (Some(i), false) => bucket[i].1 = Arc::from(slots),
+                (None, false) => bucket.push((pattern.shared_text().clone(), Arc::from(slots))),
+                (None, true) => {}
+            }
+            if bucket.is_empty() {
+                self.exact.remove(&key);
             }
         } else {
+            let levels = self.levels.clone();
+            let hash = |l: &str| levels.hash(l);
             let root = self.root.get_or_insert_with(|| Arc::new(Node::empty()));
-            if Node::edit(root, pattern.levels(), f) {
+            if Node::edit(root, pattern.levels(), &hash, f) {
                 self.root = None;
             }
         }

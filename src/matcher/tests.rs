@@ -198,12 +198,15 @@ mod props {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         /// After every step of a random insert/remove sequence, the compiled
-        /// matcher (and an older clone of it) agrees with the reference scan.
+        /// matcher (and an older clone of it) agrees with the reference scan;
+        /// half the cases run with colliding level hashes.
         #[test]
         fn compiled_matcher_equals_reference(ops in proptest::collection::vec(op(), 1..40),
-                                             topics in proptest::collection::vec(topic(), 1..8)) {
+                                             topics in proptest::collection::vec(topic(), 1..8),
+                                             collide in any::<bool>()) {
             let topics: Vec<Topic> = topics.iter().map(|s| t(s)).collect();
             let mut m = Matcher::new();
+            m.levels.collide = collide;
             let mut pairs: Vec<(Pattern, u32)> = Vec::new();
             let mut versions = Vec::new();
             for op in ops {
@@ -240,4 +243,24 @@ mod props {
             }
         }
     }
+}
+
+#[test]
+fn colliding_level_hashes_still_route_exactly() {
+    let mut m = Matcher::new();
+    m.levels.collide = true;
+    let n = trie::SMALL_MAX as u32 * 3;
+    for i in 0..n {
+        m.insert(&p(&format!("s.l{i}.*")), i);
+        m.insert(&p(&format!("e.l{i}")), 1000 + i);
+    }
+    for i in 0..n {
+        assert_eq!(m.matches(&t(&format!("s.l{i}.x"))).as_slice(), [i]);
+        assert_eq!(m.matches(&t(&format!("e.l{i}"))).as_slice(), [1000 + i]);
+    }
+    for i in 0..n {
+        assert!(m.remove(&p(&format!("s.l{i}.*")), &i));
+        assert!(m.remove(&p(&format!("e.l{i}")), &(1000 + i)));
+    }
+    assert!(m.is_empty() && m.root.is_none() && m.exact.is_empty());
 }

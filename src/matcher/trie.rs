@@ -31,11 +31,11 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::{PMap, Slot};
+use super::{Bucket, Slot};
 use crate::topic::Level;
 
-/// Children up to this count live in a vector searched linearly; beyond, in a
-/// persistent hash map.
+/// Children up to this count live in a vector searched linearly (by hash
+/// first); beyond, in a persistent hash map keyed by the level hash.
 pub(super) const SMALL_MAX: usize = 8;
 /// A map shrinks back to a vector at this count (hysteresis against flapping).
 const SMALL_BACK: usize = SMALL_MAX / 2;
@@ -50,12 +50,17 @@ pub(super) struct Node<V> {
     hash: Option<Arc<Node<V>>>,
 }
 
-/// Literal children of a node.
+/// Literal children of a node, found by the level's hash (computed once per
+/// level of the topic being matched) and confirmed by comparing the text.
 #[derive(Clone)]
 enum Children<V> {
-    Small(Vec<(Arc<str>, Arc<Node<V>>)>),
-    Map(PMap<Arc<str>, Arc<Node<V>>>),
+    Small(Vec<(u64, Arc<str>, Arc<Node<V>>)>),
+    Map(Arc<FlatMap<Bucket<Arc<Node<V>>>>>),
 }
+
+/// A flat hash table keyed by level hash, copied whole when a shared version
+/// is edited (O(fanout)), in exchange for one-probe lookups.
+type FlatMap<T> = std::collections::HashMap<u64, T, std::hash::BuildHasherDefault<super::IdHasher>>;
 
 impl<V: Clone> Node<V> {
     pub(super) fn empty() -> Self {
@@ -78,24 +83,30 @@ impl<V: Clone> Node<V> {
     }
 
     #[inline]
-    fn child(&self, level: &str) -> Option<&Node<V>> {
+    fn child(&self, level: &str, h: u64) -> Option<&Node<V>> {
         match &self.children {
             Children::Small(v) => v
                 .iter()
+                .find(|(kh, k, _)| *kh == h && k.as_ref() == level)
+                .map(|(_, _, n)| &**n),
+            Children::Map(m) => m
+                .get(&h)?
+                .iter()
                 .find(|(k, _)| k.as_ref() == level)
                 .map(|(_, n)| &**n),
-            Children::Map(m) => m.get(level).map(|n| &**n),
         }
     }
 
     /// Walks (creating as needed) the path `levels` below `this`, applies `f`
     /// to the value slots of the final node, and prunes nodes left empty.
     /// Copies every node on the path that is shared with another version.
+    /// `hash` is the matcher's level hash.
     ///
     /// Returns true when `this` is now empty and should be unlinked.
     pub(super) fn edit<'p>(
         this: &mut Arc<Node<V>>,
         mut levels: impl Iterator<Item = Level<'p>>,
+        hash: &impl Fn(&str) -> u64,
         f: impl FnOnce(&mut Vec<Slot<V>>),
     ) -> bool {
         let node = Arc::make_mut(this);
@@ -105,9 +116,9 @@ impl<V: Clone> Node<V> {
                 f(&mut slots);
                 node.values = Arc::from(slots);
             }
-            Some(Level::Star) => edit_optional(&mut node.star, levels, f),
-            Some(Level::Hash) => edit_optional(&mut node.hash, levels, f),
-            Some(Level::Literal(level)) => node.edit_child(level, levels, f),
+            Some(Level::Star) => edit_optional(&mut node.star, levels, hash, f),
+            Some(Level::Hash) => edit_optional(&mut node.hash, levels, hash, f),
+            Some(Level::Literal(level)) => node.edit_child(level, levels, hash, f),
         }
         node.is_empty()
     }
@@ -116,39 +127,54 @@ impl<V: Clone> Node<V> {
         &mut self,
         level: &str,
         levels: impl Iterator<Item = Level<'p>>,
+        hash: &impl Fn(&str) -> u64,
         f: impl FnOnce(&mut Vec<Slot<V>>),
     ) {
+        let h = hash(level);
         match &mut self.children {
             Children::Small(v) => {
-                if let Some(i) = v.iter().position(|(k, _)| k.as_ref() == level) {
-                    if Node::edit(&mut v[i].1, levels, f) {
+                if let Some(i) = v
+                    .iter()
+                    .position(|(kh, k, _)| *kh == h && k.as_ref() == level)
+                {
+                    if Node::edit(&mut v[i].2, levels, hash, f) {
                         v.swap_remove(i);
                     }
                 } else {
                     let mut child = Arc::new(Node::empty());
-                    if !Node::edit(&mut child, levels, f) {
-                        v.push((Arc::from(level), child));
+                    if !Node::edit(&mut child, levels, hash, f) {
+                        v.push((h, Arc::from(level), child));
                         if v.len() > SMALL_MAX {
-                            let mut map = PMap::with_hasher(crate::sync::hasher());
-                            map.extend(v.drain(..));
-                            self.children = Children::Map(map);
+                            let mut map: FlatMap<Bucket<Arc<Node<V>>>> = FlatMap::default();
+                            for (h, k, n) in v.drain(..) {
+                                map.entry(h).or_default().push((k, n));
+                            }
+                            self.children = Children::Map(Arc::new(map));
                         }
                     }
                 }
             }
             Children::Map(m) => {
-                if let Some(child) = m.get_mut(level) {
-                    if Node::edit(child, levels, f) {
-                        m.remove(level);
-                        if m.len() <= SMALL_BACK {
-                            let small = m.iter().map(|(k, n)| (k.clone(), n.clone())).collect();
-                            self.children = Children::Small(small);
-                        }
+                let m = Arc::make_mut(m);
+                let bucket = m.entry(h).or_default();
+                if let Some(i) = bucket.iter().position(|(k, _)| k.as_ref() == level) {
+                    if Node::edit(&mut bucket[i].1, levels, hash, f) {
+                        bucket.swap_remove(i);
                     }
                 } else {
                     let mut child = Arc::new(Node::empty());
-                    if !Node::edit(&mut child, levels, f) {
-                        m.insert(Arc::from(level), child);
+                    if !Node::edit(&mut child, levels, hash, f) {
+                        bucket.push((Arc::from(level), child));
+                    }
+                }
+                if bucket.is_empty() {
+                    m.remove(&h);
+                    if m.len() <= SMALL_BACK {
+                        let small = m
+                            .iter()
+                            .flat_map(|(h, b)| b.iter().map(|(k, n)| (*h, k.clone(), n.clone())))
+                            .collect();
+                        self.children = Children::Small(small);
                     }
                 }
             }
@@ -159,59 +185,81 @@ impl<V: Clone> Node<V> {
 fn edit_optional<'p, V: Clone>(
     slot: &mut Option<Arc<Node<V>>>,
     levels: impl Iterator<Item = Level<'p>>,
+    hash: &impl Fn(&str) -> u64,
     f: impl FnOnce(&mut Vec<Slot<V>>),
 ) {
     let child = slot.get_or_insert_with(|| Arc::new(Node::empty()));
-    if Node::edit(child, levels, f) {
+    if Node::edit(child, levels, hash, f) {
         *slot = None;
     }
 }
 
-/// State sets of the walk. Inline up to these sizes: matching a topic against
+/// State sets of the walk. Inline up to this size: matching a topic against
 /// any realistic pattern set allocates nothing; only a pattern set with more
 /// than this many simultaneously live wildcard states spills to the heap.
 type States<'a, V> = SmallVec<[&'a Node<V>; 16]>;
 
-/// Calls `emit` for every node whose patterns match the topic `levels`.
-/// Each node is emitted at most once.
-#[inline]
-pub(super) fn walk<'a, 't, V: Clone>(
-    root: &'a Node<V>,
-    levels: impl Iterator<Item = &'t str>,
-    mut emit: impl FnMut(&'a Node<V>),
-) {
-    let mut cur: States<'a, V> = SmallVec::new();
-    let mut next: States<'a, V> = SmallVec::new();
-    let mut active: States<'a, V> = SmallVec::new();
-    cur.push(root);
-    enter_hashes(root, &mut active);
-    for level in levels {
+/// One match in progress: fed the topic's levels one by one with [`step`],
+/// then asked for the matching nodes with [`finish`].
+///
+/// [`step`]: Walk::step
+/// [`finish`]: Walk::finish
+pub(super) struct Walk<'a, V> {
+    cur: States<'a, V>,
+    next: States<'a, V>,
+    active: States<'a, V>,
+}
+
+impl<'a, V> Walk<'a, V> {
+    #[inline]
+    pub(super) fn new(root: &'a Node<V>) -> Self {
+        let mut w = Walk {
+            cur: SmallVec::new(),
+            next: SmallVec::new(),
+            active: SmallVec::new(),
+        };
+        w.cur.push(root);
+        enter_hashes(root, &mut w.active);
+        w
+    }
+
+    /// Consumes one topic level (`h` is its hash). Returns false when no state
+    /// is left, so no pattern can match any more.
+    #[inline]
+    pub(super) fn step(&mut self, level: &str, h: u64) -> bool
+    where
+        V: Clone,
+    {
         // `#` nodes entered while consuming this level are live from the next
         // level on, so only the ones live before it consume it.
-        let live = active.len();
-        next.clear();
-        for i in 0..cur.len() + live {
-            let node = if i < cur.len() {
-                cur[i]
+        let live = self.active.len();
+        self.next.clear();
+        for i in 0..self.cur.len() + live {
+            let node = if i < self.cur.len() {
+                self.cur[i]
             } else {
-                active[i - cur.len()]
+                self.active[i - self.cur.len()]
             };
-            if let Some(c) = node.child(level) {
-                next.push(c);
-                enter_hashes(c, &mut active);
+            if let Some(c) = node.child(level, h) {
+                self.next.push(c);
+                enter_hashes(c, &mut self.active);
             }
             if let Some(c) = node.star.as_deref() {
-                next.push(c);
-                enter_hashes(c, &mut active);
+                self.next.push(c);
+                enter_hashes(c, &mut self.active);
             }
         }
-        std::mem::swap(&mut cur, &mut next);
-        if cur.is_empty() && active.is_empty() {
-            return;
-        }
+        std::mem::swap(&mut self.cur, &mut self.next);
+        !(self.cur.is_empty() && self.active.is_empty())
     }
-    for node in cur.iter().chain(active.iter()) {
-        emit(node);
+
+    /// Calls `emit` for every node whose patterns match the levels consumed.
+    /// Each node is emitted at most once.
+    #[inline]
+    pub(super) fn finish(self, mut emit: impl FnMut(&'a Node<V>)) {
+        for node in self.cur.iter().chain(self.active.iter()) {
+            emit(node);
+        }
     }
 }
 
