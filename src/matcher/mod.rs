@@ -410,28 +410,48 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
                 f(&slot.value);
             }
         };
+        let Some(root) = self.root.as_deref() else {
+            self.exact_match(topic, self.exact_key(topic.as_str()), &mut emit);
+            return;
+        };
         // One pass over the levels: hash each once, feed the trie walk with it
         // and fold it into the whole topic's hash for the exact map.
-        let mut walk = self.root.as_deref().map(trie::Walk::new);
+        let mut walk = trie::Walk::<V, trie::Inline<'a, V>>::new(root);
         let mut full = 0u64;
         for level in split_levels(topic.as_str()) {
             let h = self.levels.hash(level);
             full = mix(full, h);
-            if let Some(w) = &mut walk {
-                if !w.step(level, h) {
-                    walk = None;
-                }
-            }
+            walk.step(level, h);
         }
-        if let Some(bucket) = self.exact.get(&full) {
+        self.exact_match(topic, full, &mut emit);
+        if !walk.overflowed {
+            walk.finish(|node| emit(&node.values));
+        } else {
+            // More live states than the inline sets hold: rerun the walk on
+            // heap vectors (the only allocating case; see `trie::States`).
+            let mut walk = trie::Walk::<V, Vec<&'a Node<V>>>::new(root);
+            for level in split_levels(topic.as_str()) {
+                walk.step(level, self.levels.hash(level));
+            }
+            walk.finish(|node| emit(&node.values));
+        }
+    }
+
+    /// The exact-map key of `text`: its level hashes folded with [`mix`].
+    #[inline]
+    fn exact_key(&self, text: &str) -> u64 {
+        split_levels(text).fold(0, |acc, l| mix(acc, self.levels.hash(l)))
+    }
+
+    /// Emits the slots of the exact pattern equal to `topic`, if any.
+    #[inline]
+    fn exact_match<'a>(&'a self, topic: &Topic, key: u64, emit: &mut impl FnMut(&'a [Slot<V>])) {
+        if let Some(bucket) = self.exact.get(&key) {
             for (text, slots) in bucket {
                 if **text == *topic.as_str() {
                     emit(slots);
                 }
             }
-        }
-        if let Some(w) = walk {
-            w.finish(|node| emit(&node.values));
         }
     }
 
@@ -468,7 +488,7 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
     fn edit_slots(&mut self, pattern: &Pattern, f: impl FnOnce(&mut Vec<Slot<V>>)) {
         if pattern.is_exact() {
             let text = pattern.as_str();
-            let key = split_levels(text).fold(0, |acc, l| mix(acc, self.levels.hash(l)));
+            let key = self.exact_key(text);
             let bucket = self.exact.entry(key).or_default();
             let at = bucket.iter().position(|(t, _)| **t == *text);
             let mut slots = at.map(|i| bucket[i].1.to_vec()).unwrap_or_default();

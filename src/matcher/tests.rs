@@ -264,3 +264,35 @@ fn colliding_level_hashes_still_route_exactly() {
     }
     assert!(m.is_empty() && m.root.is_none() && m.exact.is_empty());
 }
+
+#[test]
+fn more_live_states_than_the_inline_sets_hold_falls_back_correctly() {
+    // Every combination of `a` and `*` over 6 levels: matching a.a.a.a.a.a
+    // keeps 2^k states live after level k, past the inline capacity.
+    let mut m = Matcher::new();
+    let mut pairs = Vec::new();
+    for bits in 0..64u32 {
+        let text: Vec<&str> = (0..6)
+            .map(|i| if bits >> i & 1 == 1 { "*" } else { "a" })
+            .collect();
+        let pat = p(&text.join("."));
+        m.insert(&pat, bits);
+        pairs.push((pat, bits));
+    }
+    // And as many distinct live `#` states.
+    for i in 0..40u32 {
+        let pat = p(&format!("{}.#", vec!["*"; (i % 5 + 1) as usize].join(".")));
+        m.insert(&pat, 100 + i);
+        pairs.push((pat, 100 + i));
+    }
+    const { assert!(64 > trie::INLINE_STATES) };
+    for topic in ["a.a.a.a.a.a", "a.a.a.a.a", "a.b.a.a.a.a", "a.a.a.a.a.a.a"] {
+        let topic = t(topic);
+        assert_eq!(
+            sorted(m.matches(&topic)),
+            reference(&pairs, &topic),
+            "{topic}"
+        );
+    }
+    assert_eq!(m.matches(&t("a.a.a.a.a.a")).len(), 64 + 40);
+}

@@ -29,8 +29,6 @@
 use std::ptr;
 use std::sync::Arc;
 
-use smallvec::SmallVec;
-
 use super::{Bucket, Slot};
 use crate::topic::Level;
 
@@ -194,85 +192,180 @@ fn edit_optional<'p, V: Clone>(
     }
 }
 
-/// State sets of the walk. Inline up to this size: matching a topic against
-/// any realistic pattern set allocates nothing; only a pattern set with more
-/// than this many simultaneously live wildcard states spills to the heap.
-type States<'a, V> = SmallVec<[&'a Node<V>; 16]>;
+/// Storage for one state set of the walk.
+///
+/// The fast path uses fixed-capacity inline arrays, which never allocate;
+/// if a pattern set ever has more live states than fit (it takes dozens of
+/// overlapping wildcard patterns all matching one topic prefix), the match is
+/// rerun on heap vectors. Both are plain stacks with a fallible push.
+pub(super) trait States<'a, V>: Default {
+    /// Adds a state; false when the set is full.
+    fn push(&mut self, node: &'a Node<V>) -> bool;
+    fn as_slice(&self) -> &[&'a Node<V>];
+    fn clear(&mut self);
+}
+
+/// The inline capacity of one state set.
+pub(super) const INLINE_STATES: usize = 32;
+
+/// Inline state set: never allocates, may be full.
+pub(super) type Inline<'a, V> = arrayvec::ArrayVec<&'a Node<V>, INLINE_STATES>;
+
+impl<'a, V> States<'a, V> for Inline<'a, V> {
+    #[inline(always)]
+    fn push(&mut self, node: &'a Node<V>) -> bool {
+        self.try_push(node).is_ok()
+    }
+    #[inline(always)]
+    fn as_slice(&self) -> &[&'a Node<V>] {
+        self
+    }
+    #[inline(always)]
+    fn clear(&mut self) {
+        arrayvec::ArrayVec::clear(self);
+    }
+}
+
+impl<'a, V> States<'a, V> for Vec<&'a Node<V>> {
+    #[inline]
+    fn push(&mut self, node: &'a Node<V>) -> bool {
+        Vec::push(self, node);
+        true
+    }
+    #[inline]
+    fn as_slice(&self) -> &[&'a Node<V>] {
+        self
+    }
+    #[inline]
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+}
 
 /// One match in progress: fed the topic's levels one by one with [`step`],
 /// then asked for the matching nodes with [`finish`].
 ///
 /// [`step`]: Walk::step
 /// [`finish`]: Walk::finish
-pub(super) struct Walk<'a, V> {
-    cur: States<'a, V>,
-    next: States<'a, V>,
-    active: States<'a, V>,
+pub(super) struct Walk<'a, V, S> {
+    /// Live states reached by a literal or `*` edge; `bufs[cur]` holds the
+    /// current level, the other buffer receives the next (toggled, not
+    /// swapped, so no state set is ever copied).
+    bufs: [S; 2],
+    cur: usize,
+    /// Live `#` states, each from its first entry level on.
+    active: S,
+    /// Set when no state is left (nothing can match) or a set overflowed.
+    stopped: bool,
+    /// A state set overflowed: the caller must rerun with heap state sets.
+    pub(super) overflowed: bool,
+    _values: std::marker::PhantomData<&'a V>,
 }
 
-impl<'a, V> Walk<'a, V> {
+impl<'a, V, S: States<'a, V>> Walk<'a, V, S> {
     #[inline]
     pub(super) fn new(root: &'a Node<V>) -> Self {
         let mut w = Walk {
-            cur: SmallVec::new(),
-            next: SmallVec::new(),
-            active: SmallVec::new(),
+            bufs: [S::default(), S::default()],
+            cur: 0,
+            active: S::default(),
+            stopped: false,
+            overflowed: false,
+            _values: std::marker::PhantomData,
         };
-        w.cur.push(root);
-        enter_hashes(root, &mut w.active);
+        w.bufs[0].push(root);
+        if !enter_hashes(root, &mut w.active) {
+            w.overflow();
+        }
         w
     }
 
-    /// Consumes one topic level (`h` is its hash). Returns false when no state
-    /// is left, so no pattern can match any more.
+    #[cold]
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.stopped = true;
+    }
+
+    /// Consumes one topic level (`h` is its hash).
     #[inline]
-    pub(super) fn step(&mut self, level: &str, h: u64) -> bool
+    pub(super) fn step(&mut self, level: &str, h: u64)
     where
         V: Clone,
     {
-        // `#` nodes entered while consuming this level are live from the next
-        // level on, so only the ones live before it consume it.
-        let live = self.active.len();
-        self.next.clear();
-        for i in 0..self.cur.len() + live {
-            let node = if i < self.cur.len() {
-                self.cur[i]
-            } else {
-                self.active[i - self.cur.len()]
-            };
-            if let Some(c) = node.child(level, h) {
-                self.next.push(c);
-                enter_hashes(c, &mut self.active);
-            }
-            if let Some(c) = node.star.as_deref() {
-                self.next.push(c);
-                enter_hashes(c, &mut self.active);
-            }
+        if self.stopped {
+            return;
         }
-        std::mem::swap(&mut self.cur, &mut self.next);
-        !(self.cur.is_empty() && self.active.is_empty())
+        let [a, b] = &mut self.bufs;
+        let (cur, next) = if self.cur == 0 { (a, b) } else { (b, a) };
+        next.clear();
+        let active = &mut self.active;
+        // `#` states entered while consuming this level are live from the
+        // next level on, so only the ones live before it consume it.
+        let live = active.as_slice().len();
+        let mut ok = true;
+        for &node in cur.as_slice() {
+            ok &= transitions(node, level, h, next, active);
+        }
+        for i in 0..live {
+            let node = active.as_slice()[i];
+            ok &= transitions(node, level, h, next, active);
+        }
+        self.cur ^= 1;
+        if !ok {
+            self.overflow();
+        } else if next.as_slice().is_empty() && active.as_slice().is_empty() {
+            self.stopped = true;
+        }
     }
 
     /// Calls `emit` for every node whose patterns match the levels consumed.
-    /// Each node is emitted at most once.
+    /// Each node is emitted at most once. Must not be called after overflow.
     #[inline]
-    pub(super) fn finish(self, mut emit: impl FnMut(&'a Node<V>)) {
-        for node in self.cur.iter().chain(self.active.iter()) {
+    pub(super) fn finish(&self, mut emit: impl FnMut(&'a Node<V>)) {
+        debug_assert!(!self.overflowed);
+        for &node in self.bufs[self.cur].as_slice() {
+            emit(node);
+        }
+        for &node in self.active.as_slice() {
             emit(node);
         }
     }
 }
 
+/// Follows `node`'s literal edge for `level` and its `*` edge into `next`,
+/// entering the `#` chains below the reached nodes. False on overflow.
+#[inline(always)]
+fn transitions<'a, V: Clone, S: States<'a, V>>(
+    node: &'a Node<V>,
+    level: &str,
+    h: u64,
+    next: &mut S,
+    active: &mut S,
+) -> bool {
+    let mut ok = true;
+    if let Some(c) = node.child(level, h) {
+        ok &= next.push(c) && enter_hashes(c, active);
+    }
+    if let Some(c) = node.star.as_deref() {
+        ok &= next.push(c) && enter_hashes(c, active);
+    }
+    ok
+}
+
 /// Adds the chain of `#` children below `node` (`x.#`, `x.#.#`, …) to
 /// `active`, skipping the ones already there (and so their chains too).
-#[inline]
-fn enter_hashes<'a, V>(node: &'a Node<V>, active: &mut States<'a, V>) {
+/// False on overflow.
+#[inline(always)]
+fn enter_hashes<'a, V, S: States<'a, V>>(node: &'a Node<V>, active: &mut S) -> bool {
     let mut h = node.hash.as_deref();
     while let Some(x) = h {
-        if active.iter().any(|a| ptr::eq(*a, x)) {
-            return;
+        if active.as_slice().iter().any(|a| ptr::eq(*a, x)) {
+            return true;
         }
-        active.push(x);
+        if !active.push(x) {
+            return false;
+        }
         h = x.hash.as_deref();
     }
+    true
 }
