@@ -15,7 +15,7 @@ pub fn topic_parse(data: &[u8]) {
     match Topic::parse(s) {
         Ok(t) => {
             assert_eq!(t.as_str(), s);
-            assert_eq!(Topic::parse(&t.to_string()).as_ref(), Ok(&t));
+            assert_eq!(Topic::parse(&format!("{t}")).as_ref(), Ok(&t));
             assert_eq!(t.levels().count(), t.depth());
             let p = Pattern::parse(s).expect("a topic is a valid pattern");
             assert!(p.is_exact() && p.matches(&t));
@@ -36,7 +36,7 @@ pub fn pattern_parse(data: &[u8]) {
     match Pattern::parse(s) {
         Ok(p) => {
             assert_eq!(p.as_str(), s);
-            assert_eq!(Pattern::parse(&p.to_string()).as_ref(), Ok(&p));
+            assert_eq!(Pattern::parse(&format!("{p}")).as_ref(), Ok(&p));
             assert_eq!(p.levels().count(), p.depth());
         }
         Err(e) => {
