@@ -124,8 +124,9 @@ impl fmt::Display for TopicErrorKind {
 
 /// A topic or pattern failed validation: which rule, and at which byte.
 ///
-/// `position` is a byte offset into the input, always `<= input.len()`; for
-/// [`TopicErrorKind::TooLong`] it is the first byte past the limit and for
+/// `position` is a byte offset into the input, always `<= input.len()` and on
+/// a character boundary; for [`TopicErrorKind::TooLong`] it is the start of the
+/// first character that does not fit within the limit, and for
 /// [`TopicErrorKind::TooDeep`] the first byte of the first level past it.
 ///
 /// # Examples
@@ -213,11 +214,17 @@ fn validate(s: &str, limits: &Limits, mode: Mode) -> Result<usize, TopicError> {
         return Err(TopicError::new(TopicErrorKind::Empty, 0));
     }
     if s.len() > limits.max_len {
+        // Point at the first character that does not fit entirely: the limit
+        // may fall inside a multi-byte character.
+        let mut at = limits.max_len;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
         return Err(TopicError::new(
             TopicErrorKind::TooLong {
                 max: limits.max_len,
             },
-            limits.max_len,
+            at,
         ));
     }
     let bytes = s.as_bytes();

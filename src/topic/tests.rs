@@ -94,6 +94,19 @@ fn length_and_depth_limits() {
     );
 }
 
+/// Found by the `topic_parse` fuzz target: a 4-byte character straddling the
+/// 255-byte limit made `TooLong` point inside the character.
+#[test]
+fn too_long_points_at_a_char_boundary() {
+    let s = format!("{}\u{f3333}rest", "a".repeat(253));
+    let e = Topic::parse(&s).unwrap_err();
+    assert_eq!(e.kind(), &TopicErrorKind::TooLong { max: 255 });
+    assert_eq!(e.position(), 253);
+    assert!(s.is_char_boundary(e.position()));
+    let e = Pattern::parse(&s).unwrap_err();
+    assert_eq!(e.position(), 253);
+}
+
 #[test]
 fn valid_inputs_are_accepted_verbatim() {
     for s in [
