@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Every example runs (quick modes where they have one). Reports go to target/
+# so CI never rewrites perf-reports/.
+set -euo pipefail
+cargo run --release --example matcher_report -- --quick --out target/ci-perf-reports
