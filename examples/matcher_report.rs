@@ -6,6 +6,17 @@
 //! cargo run --release --example matcher_report -- --quick # CI smoke (seconds)
 //! ```
 //!
+//! Instruction counts for one match (repeatable whatever the machine's load):
+//!
+//! ```sh
+//! cargo build --release --example matcher_report
+//! valgrind --tool=callgrind --toggle-collect='*measured_matches*' \
+//!     target/release/examples/matcher_report --callgrind subjects_37k
+//! ```
+//!
+//! `--callgrind <workload>` runs each of the workload's 1,024 queries once
+//! inside `measured_matches` and prints the count to divide by.
+//!
 //! Method (BENCHMARKING.md): the implementations run interleaved, round by
 //! round, so they share the machine's noise; every ratio is taken within one
 //! round; the report quotes medians over the rounds with their spread.
@@ -27,20 +38,26 @@ use topicbus::Pattern;
 
 struct Config {
     quick: bool,
+    callgrind: Option<String>,
     rounds: usize,
     out: PathBuf,
 }
 
 fn config() -> Result<Config, String> {
     let mut quick = false;
+    let mut callgrind = None;
     let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/perf-reports"));
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--callgrind" => callgrind = Some(args.next().ok_or("--callgrind needs a workload")?),
             "--out" => out = args.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("usage: matcher_report [--quick] [--out DIR]");
+                println!(
+                    "usage: matcher_report [--quick] [--out DIR] \
+                     [--callgrind subjects_37k|mixed_1000|mixed_10000|mixed_100000|hash15]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -48,6 +65,7 @@ fn config() -> Result<Config, String> {
     }
     Ok(Config {
         quick,
+        callgrind,
         rounds: if quick { 3 } else { 7 },
         out,
     })
@@ -346,6 +364,35 @@ fn csv(rows: &[Row]) -> String {
     out
 }
 
+/// The region callgrind counts (`--toggle-collect='*measured_matches*'`).
+#[inline(never)]
+fn measured_matches(m: &topicbus::matcher::Matcher<u32>, queries: &[topicbus::Topic]) -> u32 {
+    let mut acc = 0u32;
+    for q in queries {
+        m.for_each_match(q, |v| acc = acc.wrapping_add(*v));
+    }
+    acc
+}
+
+fn callgrind(name: &str) -> Result<(), String> {
+    let w = match name {
+        "subjects_37k" => workload::subjects(),
+        "hash15" => workload::hash15(),
+        other => match other.strip_prefix("mixed_").and_then(|n| n.parse().ok()) {
+            Some(n) => workload::mixed(n),
+            None => return Err(format!("unknown workload {other:?}")),
+        },
+    };
+    let m = w.matcher();
+    black_box(measured_matches(&m, &w.queries));
+    println!(
+        "{}: {} matches inside measured_matches: divide callgrind's Ir by this",
+        w.name,
+        w.queries.len()
+    );
+    Ok(())
+}
+
 fn main() {
     let cfg = match config() {
         Ok(c) => c,
@@ -354,6 +401,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(name) = &cfg.callgrind {
+        if let Err(e) = callgrind(name) {
+            eprintln!("matcher_report: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     if cfg!(debug_assertions) {
         eprintln!("matcher_report: debug build; figures are meaningless without --release");
     }

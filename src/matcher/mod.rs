@@ -46,8 +46,16 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::topic::{Pattern, Topic};
-use trie::Node;
+use arrayvec::ArrayVec;
+
+use crate::topic::{Level, Pattern, Topic};
+use trie::{Node, TopicLevel};
+
+/// One topic level, for the walk.
+#[inline]
+fn span(start: usize, word: &str, hash: u64) -> TopicLevel<'_> {
+    TopicLevel { word, hash, start }
+}
 
 /// A persistent hash map with the crate's hasher.
 pub(crate) type PMap<K, V> =
@@ -117,24 +125,55 @@ impl LevelHash {
     }
 }
 
-/// The levels of a validated topic or pattern: a plain byte loop, cheaper than
-/// `str::split` for the short strings topics are.
+/// The levels of a validated topic or pattern with their byte offsets: a
+/// plain byte loop, cheaper than `str::split` for the short strings topics are.
 #[inline]
-fn split_levels(s: &str) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
+fn level_spans(s: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut start = Some(0usize);
     std::iter::from_fn(move || {
-        let r = rest?;
-        match r.bytes().position(|b| b == b'.') {
+        let at = start?;
+        let rest = &s[at..];
+        match rest.bytes().position(|b| b == b'.') {
             Some(i) => {
-                rest = Some(&r[i + 1..]);
-                Some(&r[..i])
+                start = Some(at + i + 1);
+                Some((at, &rest[..i]))
             }
             None => {
-                rest = None;
-                Some(r)
+                start = None;
+                Some((at, rest))
             }
         }
     })
+}
+
+/// Applies `f` to the slots stored under `text` in `bucket`, adding the entry
+/// (with the text from `make_text`) or removing it as `f` leaves it non-empty
+/// or empty. Returns +1 when an entry was added, -1 when one was removed,
+/// 0 otherwise. Shared by the exact map and the trie's tail tables.
+fn edit_bucket<V: Clone>(
+    bucket: &mut Bucket<Arc<[Slot<V>]>>,
+    text: &str,
+    make_text: impl FnOnce() -> Arc<str>,
+    f: impl FnOnce(&mut Vec<Slot<V>>),
+) -> i32 {
+    let at = bucket.iter().position(|(t, _)| **t == *text);
+    let mut slots = at.map(|i| bucket[i].1.to_vec()).unwrap_or_default();
+    f(&mut slots);
+    match (at, slots.is_empty()) {
+        (Some(i), true) => {
+            bucket.swap_remove(i);
+            -1
+        }
+        (Some(i), false) => {
+            bucket[i].1 = Arc::from(slots);
+            0
+        }
+        (None, false) => {
+            bucket.push((make_text(), Arc::from(slots)));
+            1
+        }
+        (None, true) => 0,
+    }
 }
 
 /// A value where one pattern ends.
@@ -410,45 +449,51 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
                 f(&slot.value);
             }
         };
+        let text = topic.as_str();
         let Some(root) = self.root.as_deref() else {
-            self.exact_match(topic, self.exact_key(topic.as_str()), &mut emit);
+            self.exact_match(text, self.exact_key(text), &mut emit);
             return;
         };
-        // One pass over the levels: hash each once, feed the trie walk with it
-        // and fold it into the whole topic's hash for the exact map.
-        let mut walk = trie::Walk::<V, trie::Inline<'a, V>>::new(root);
+        // One pass over the levels: hash each once; the folded hashes are the
+        // exact map's key, and the walk reuses the hashes (and the tails their
+        // suffixes).
+        let mut levels: ArrayVec<TopicLevel<'_>, { trie::INLINE }> = ArrayVec::new();
         let mut full = 0u64;
-        for level in split_levels(topic.as_str()) {
-            let h = self.levels.hash(level);
-            full = mix(full, h);
-            walk.step(level, h);
+        let mut inline = true;
+        for (start, level) in level_spans(text) {
+            let hash = self.levels.hash(level);
+            full = mix(full, hash);
+            inline &= levels.try_push(span(start, level, hash)).is_ok();
         }
-        self.exact_match(topic, full, &mut emit);
-        if !walk.overflowed {
-            walk.finish(|node| emit(&node.values));
-        } else {
-            // More live states than the inline sets hold: rerun the walk on
-            // heap vectors (the only allocating case; see `trie::States`).
-            let mut walk = trie::Walk::<V, Vec<&'a Node<V>>>::new(root);
-            for level in split_levels(topic.as_str()) {
-                walk.step(level, self.levels.hash(level));
+        self.exact_match(text, full, &mut emit);
+        if inline {
+            type Inline<T> = ArrayVec<T, { trie::INLINE }>;
+            let done = trie::walk::<V, Inline<_>, Inline<_>>(root, text, &levels, &mut emit);
+            if done.is_ok() {
+                return;
             }
-            walk.finish(|node| emit(&node.values));
         }
+        // A topic deeper than the inline level array, or more live states
+        // than the inline sets hold: the one allocating path (see `trie`).
+        let levels: Vec<TopicLevel<'_>> = level_spans(text)
+            .map(|(start, level)| span(start, level, self.levels.hash(level)))
+            .collect();
+        let heap = trie::walk::<V, Vec<_>, Vec<_>>(root, text, &levels, &mut emit);
+        debug_assert!(heap.is_ok(), "heap stacks never overflow");
     }
 
     /// The exact-map key of `text`: its level hashes folded with [`mix`].
     #[inline]
     fn exact_key(&self, text: &str) -> u64 {
-        split_levels(text).fold(0, |acc, l| mix(acc, self.levels.hash(l)))
+        level_spans(text).fold(0, |acc, (_, l)| mix(acc, self.levels.hash(l)))
     }
 
-    /// Emits the slots of the exact pattern equal to `topic`, if any.
+    /// Emits the slots of the exact pattern equal to `text`, if any.
     #[inline]
-    fn exact_match<'a>(&'a self, topic: &Topic, key: u64, emit: &mut impl FnMut(&'a [Slot<V>])) {
+    fn exact_match<'a>(&'a self, text: &str, key: u64, emit: &mut impl FnMut(&'a [Slot<V>])) {
         if let Some(bucket) = self.exact.get(&key) {
-            for (text, slots) in bucket {
-                if **text == *topic.as_str() {
+            for (t, slots) in bucket {
+                if **t == *text {
                     emit(slots);
                 }
             }
@@ -490,25 +535,16 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
             let text = pattern.as_str();
             let key = self.exact_key(text);
             let bucket = self.exact.entry(key).or_default();
-            let at = bucket.iter().position(|(t, _)| **t == *text);
-            let mut slots = at.map(|i| bucket[i].1.to_vec()).unwrap_or_default();
-            f(&mut slots);
-            match (at, slots.is_empty()) {
-                (Some(i), true) => {
-                    bucket.swap_remove(i);
-                }
-                (Some(i), false) => bucket[i].1 = Arc::from(slots),
-                (None, false) => bucket.push((pattern.shared_text().clone(), Arc::from(slots))),
-                (None, true) => {}
-            }
+            edit_bucket(bucket, text, || pattern.shared_text().clone(), f);
             if bucket.is_empty() {
                 self.exact.remove(&key);
             }
         } else {
             let levels = self.levels.clone();
             let hash = |l: &str| levels.hash(l);
+            let path: SmallVec<[Level<'_>; 8]> = pattern.levels().collect();
             let root = self.root.get_or_insert_with(|| Arc::new(Node::empty()));
-            if Node::edit(root, pattern.levels(), &hash, f) {
+            if Node::edit(root, &path, false, &hash, f) {
                 self.root = None;
             }
         }

@@ -285,7 +285,7 @@ fn more_live_states_than_the_inline_sets_hold_falls_back_correctly() {
         m.insert(&pat, 100 + i);
         pairs.push((pat, 100 + i));
     }
-    const { assert!(64 > trie::INLINE_STATES) };
+    const { assert!(64 > trie::INLINE) };
     for topic in ["a.a.a.a.a.a", "a.a.a.a.a", "a.b.a.a.a.a", "a.a.a.a.a.a.a"] {
         let topic = t(topic);
         assert_eq!(

@@ -3,20 +3,32 @@
 //! # Shape
 //!
 //! A node has literal children keyed by level (a small vector for up to
-//! [`SMALL_MAX`] children, a persistent hash map beyond), an optional `*`
-//! child, an optional `#` child, and the value slots of the patterns that end
-//! there. Nodes are shared between matcher versions through `Arc`; an edit
-//! copies only the nodes on the path from the root to the edited node
-//! (`Arc::make_mut`), so a change costs O(depth) node copies whatever the size.
+//! [`SMALL_MAX`] children, a flat hash table beyond), an optional `*` child,
+//! an optional `#` child, the value slots of the patterns that end there and,
+//! on nodes reached through a `#` edge, a table of *tails*. Nodes are shared
+//! between matcher versions through `Arc`; an edit copies only the nodes on the
+//! path from the root to the edited node (`Arc::make_mut`), plus the child
+//! table of a copied wide node.
+//!
+//! # Tails
+//!
+//! Most patterns with a `#` end in literal levels after it (`#.error`,
+//! `orders.#.failed`, `#.eu.created`). Walked level by level, such a tail
+//! costs a child lookup at every level its `#` is live at. Instead, a `#` node
+//! keeps its all-literal tails in a hash table keyed exactly like the exact
+//! map (level hashes folded with `mix`), and the walk looks them up once per
+//! distinct tail length, at the end of the topic, for the suffix that starts
+//! after the `#` was entered. Tails that contain a wildcard stay in the trie.
 //!
 //! # Matching: a level-synchronous NFA
 //!
 //! The walk keeps the set of trie states alive after each topic level:
 //!
 //! - `cur`: nodes reached by a literal or `*` edge at exactly this level;
-//! - `active`: `#` nodes. A `#` node entered at level `j` stays live at every
-//!   level `>= j` (it absorbs any number of levels), so it is kept once, from
-//!   its first (smallest) entry level on.
+//! - `active`: `#` nodes with the level they were entered at. A `#` node
+//!   entered at level `j` stays live at every level `>= j` (it absorbs any
+//!   number of levels), so it is kept once, from its first (smallest) entry
+//!   level on.
 //!
 //! Only `#` nodes can be reached twice (through their own self-loop and again
 //! through their parent), and `active` is deduplicated, so by induction every
@@ -29,14 +41,19 @@
 use std::ptr;
 use std::sync::Arc;
 
-use super::{Bucket, Slot};
+use smallvec::SmallVec;
+
+use super::{edit_bucket, mix, Bucket, Slot};
 use crate::topic::Level;
 
 /// Children up to this count live in a vector searched linearly (by hash
-/// first); beyond, in a persistent hash map keyed by the level hash.
+/// first); beyond, in a flat hash table keyed by the level hash.
 pub(super) const SMALL_MAX: usize = 8;
-/// A map shrinks back to a vector at this count (hysteresis against flapping).
+/// A table shrinks back to a vector at this count (hysteresis).
 const SMALL_BACK: usize = SMALL_MAX / 2;
+
+/// A flat hash table keyed by an already computed level hash.
+type FlatMap<T> = std::collections::HashMap<u64, T, std::hash::BuildHasherDefault<super::IdHasher>>;
 
 /// One trie node.
 #[derive(Clone)]
@@ -46,6 +63,11 @@ pub(super) struct Node<V> {
     children: Children<V>,
     star: Option<Arc<Node<V>>>,
     hash: Option<Arc<Node<V>>>,
+    /// All-literal tails of patterns whose last `#` is this node.
+    tails: Option<Arc<Tails<V>>>,
+    /// Has a literal or `*` child, so consuming a level can lead somewhere;
+    /// a state without edges is skipped by the walk until the end.
+    edges: bool,
 }
 
 /// Literal children of a node, found by the level's hash (computed once per
@@ -53,12 +75,95 @@ pub(super) struct Node<V> {
 #[derive(Clone)]
 enum Children<V> {
     Small(Vec<(u64, Arc<str>, Arc<Node<V>>)>),
-    Map(Arc<FlatMap<Bucket<Arc<Node<V>>>>>),
+    Wide(Arc<Wide<V>>),
 }
 
-/// A flat hash table keyed by level hash, copied whole when a shared version
-/// is edited (O(fanout)), in exchange for one-probe lookups.
-type FlatMap<T> = std::collections::HashMap<u64, T, std::hash::BuildHasherDefault<super::IdHasher>>;
+/// The children of a wide node: a flat table keyed by level hash, copied whole
+/// when a shared version is edited (O(fanout)) in exchange for one-probe
+/// lookups. A level whose 64-bit hash is already taken by another level (a
+/// collision: practically never, but possible) goes to `collided`, which a
+/// lookup scans only when the table's entry for its hash has other text.
+#[derive(Clone)]
+struct Wide<V> {
+    table: FlatMap<(Arc<str>, Arc<Node<V>>)>,
+    collided: Vec<(u64, Arc<str>, Arc<Node<V>>)>,
+}
+
+/// The literal tails of one `#` node, keyed by the folded hash of their levels.
+#[derive(Clone)]
+struct Tails<V> {
+    /// Distinct tail lengths in levels, each with how many tails have it.
+    lens: SmallVec<[(usize, usize); 2]>,
+    table: FlatMap<Bucket<Arc<[Slot<V>]>>>,
+}
+
+impl<V> Wide<V> {
+    fn new() -> Self {
+        Self {
+            table: FlatMap::default(),
+            collided: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len() + self.collided.len()
+    }
+
+    #[inline]
+    fn get(&self, level: &str, h: u64) -> Option<&Arc<Node<V>>> {
+        let (text, node) = self.table.get(&h)?;
+        if text.as_ref() == level {
+            return Some(node);
+        }
+        self.collided
+            .iter()
+            .find(|(ch, t, _)| *ch == h && t.as_ref() == level)
+            .map(|(_, _, n)| n)
+    }
+
+    fn get_mut(&mut self, level: &str, h: u64) -> Option<&mut Arc<Node<V>>> {
+        match self.table.get_mut(&h) {
+            Some((text, node)) if text.as_ref() == level => Some(node),
+            Some(_) => self
+                .collided
+                .iter_mut()
+                .find(|(ch, t, _)| *ch == h && t.as_ref() == level)
+                .map(|(_, _, n)| n),
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, h: u64, text: Arc<str>, node: Arc<Node<V>>) {
+        if self.table.contains_key(&h) {
+            self.collided.push((h, text, node));
+        } else {
+            self.table.insert(h, (text, node));
+        }
+    }
+
+    fn remove(&mut self, level: &str, h: u64) {
+        if let Some(i) = self
+            .collided
+            .iter()
+            .position(|(ch, t, _)| *ch == h && t.as_ref() == level)
+        {
+            self.collided.swap_remove(i);
+        } else if self.table.remove(&h).is_some() {
+            // Promote a collided level with the same hash into the table.
+            if let Some(i) = self.collided.iter().position(|(ch, _, _)| *ch == h) {
+                let (_, t, n) = self.collided.swap_remove(i);
+                self.table.insert(h, (t, n));
+            }
+        }
+    }
+
+    fn into_entries(self) -> impl Iterator<Item = (u64, Arc<str>, Arc<Node<V>>)> {
+        self.table
+            .into_iter()
+            .map(|(h, (t, n))| (h, t, n))
+            .chain(self.collided)
+    }
+}
 
 impl<V: Clone> Node<V> {
     pub(super) fn empty() -> Self {
@@ -67,6 +172,8 @@ impl<V: Clone> Node<V> {
             children: Children::Small(Vec::new()),
             star: None,
             hash: None,
+            tails: None,
+            edges: false,
         }
     }
 
@@ -74,57 +181,120 @@ impl<V: Clone> Node<V> {
         self.values.is_empty()
             && self.star.is_none()
             && self.hash.is_none()
+            && self.tails.is_none()
             && match &self.children {
                 Children::Small(v) => v.is_empty(),
-                Children::Map(m) => m.is_empty(),
+                Children::Wide(m) => m.len() == 0,
             }
     }
 
-    #[inline]
+    #[inline(always)]
     fn child(&self, level: &str, h: u64) -> Option<&Node<V>> {
         match &self.children {
             Children::Small(v) => v
                 .iter()
                 .find(|(kh, k, _)| *kh == h && k.as_ref() == level)
                 .map(|(_, _, n)| &**n),
-            Children::Map(m) => m
-                .get(&h)?
-                .iter()
-                .find(|(k, _)| k.as_ref() == level)
-                .map(|(_, n)| &**n),
+            Children::Wide(m) => m.get(level, h).map(|n| &**n),
         }
     }
 
     /// Walks (creating as needed) the path `levels` below `this`, applies `f`
-    /// to the value slots of the final node, and prunes nodes left empty.
-    /// Copies every node on the path that is shared with another version.
-    /// `hash` is the matcher's level hash.
+    /// to the value slots at its end, and prunes nodes left empty. Copies
+    /// every node on the path that is shared with another version. `hash` is
+    /// the matcher's level hash; `after_hash` says `this` was reached through
+    /// a `#` edge, so an all-literal rest of the pattern is one of its tails.
     ///
     /// Returns true when `this` is now empty and should be unlinked.
-    pub(super) fn edit<'p>(
+    pub(super) fn edit(
         this: &mut Arc<Node<V>>,
-        mut levels: impl Iterator<Item = Level<'p>>,
+        levels: &[Level<'_>],
+        after_hash: bool,
         hash: &impl Fn(&str) -> u64,
         f: impl FnOnce(&mut Vec<Slot<V>>),
     ) -> bool {
         let node = Arc::make_mut(this);
-        match levels.next() {
-            None => {
-                let mut slots = node.values.to_vec();
-                f(&mut slots);
-                node.values = Arc::from(slots);
+        let tail = after_hash
+            && !levels.is_empty()
+            && levels.iter().all(|l| matches!(l, Level::Literal(_)));
+        if tail {
+            node.edit_tail(levels, hash, f);
+        } else {
+            match levels.split_first() {
+                None => {
+                    let mut slots = node.values.to_vec();
+                    f(&mut slots);
+                    node.values = Arc::from(slots);
+                }
+                Some((Level::Star, rest)) => edit_optional(&mut node.star, rest, false, hash, f),
+                Some((Level::Hash, rest)) => edit_optional(&mut node.hash, rest, true, hash, f),
+                Some((Level::Literal(level), rest)) => node.edit_child(level, rest, hash, f),
             }
-            Some(Level::Star) => edit_optional(&mut node.star, levels, hash, f),
-            Some(Level::Hash) => edit_optional(&mut node.hash, levels, hash, f),
-            Some(Level::Literal(level)) => node.edit_child(level, levels, hash, f),
         }
+        node.edges = node.star.is_some()
+            || match &node.children {
+                Children::Small(v) => !v.is_empty(),
+                Children::Wide(m) => m.len() > 0,
+            };
         node.is_empty()
     }
 
-    fn edit_child<'p>(
+    fn edit_tail(
+        &mut self,
+        levels: &[Level<'_>],
+        hash: &impl Fn(&str) -> u64,
+        f: impl FnOnce(&mut Vec<Slot<V>>),
+    ) {
+        // Tails are keyed by their level hashes folded from the last level
+        // backwards, so the walk gets every suffix's key from one pass.
+        let mut key = 0;
+        let mut text = String::new();
+        for level in levels.iter().rev() {
+            if let Level::Literal(l) = level {
+                key = mix(key, hash(l));
+            }
+        }
+        for level in levels {
+            if let Level::Literal(l) = level {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(l);
+            }
+        }
+        let tails = Arc::make_mut(self.tails.get_or_insert_with(|| {
+            Arc::new(Tails {
+                lens: SmallVec::new(),
+                table: FlatMap::default(),
+            })
+        }));
+        let bucket = tails.table.entry(key).or_default();
+        let delta = edit_bucket(bucket, &text, || Arc::from(text.as_str()), f);
+        if bucket.is_empty() {
+            tails.table.remove(&key);
+        }
+        let len = levels.len();
+        let at = tails.lens.iter().position(|(l, _)| *l == len);
+        match (delta, at) {
+            (1, Some(i)) => tails.lens[i].1 += 1,
+            (1, None) => tails.lens.push((len, 1)),
+            (-1, Some(i)) => {
+                tails.lens[i].1 -= 1;
+                if tails.lens[i].1 == 0 {
+                    tails.lens.swap_remove(i);
+                }
+            }
+            _ => {}
+        }
+        if tails.table.is_empty() {
+            self.tails = None;
+        }
+    }
+
+    fn edit_child(
         &mut self,
         level: &str,
-        levels: impl Iterator<Item = Level<'p>>,
+        rest: &[Level<'_>],
         hash: &impl Fn(&str) -> u64,
         f: impl FnOnce(&mut Vec<Slot<V>>),
     ) {
@@ -135,44 +305,37 @@ impl<V: Clone> Node<V> {
                     .iter()
                     .position(|(kh, k, _)| *kh == h && k.as_ref() == level)
                 {
-                    if Node::edit(&mut v[i].2, levels, hash, f) {
+                    if Node::edit(&mut v[i].2, rest, false, hash, f) {
                         v.swap_remove(i);
                     }
                 } else {
                     let mut child = Arc::new(Node::empty());
-                    if !Node::edit(&mut child, levels, hash, f) {
+                    if !Node::edit(&mut child, rest, false, hash, f) {
                         v.push((h, Arc::from(level), child));
                         if v.len() > SMALL_MAX {
-                            let mut map: FlatMap<Bucket<Arc<Node<V>>>> = FlatMap::default();
+                            let mut wide = Wide::new();
                             for (h, k, n) in v.drain(..) {
-                                map.entry(h).or_default().push((k, n));
+                                wide.insert(h, k, n);
                             }
-                            self.children = Children::Map(Arc::new(map));
+                            self.children = Children::Wide(Arc::new(wide));
                         }
                     }
                 }
             }
-            Children::Map(m) => {
-                let m = Arc::make_mut(m);
-                let bucket = m.entry(h).or_default();
-                if let Some(i) = bucket.iter().position(|(k, _)| k.as_ref() == level) {
-                    if Node::edit(&mut bucket[i].1, levels, hash, f) {
-                        bucket.swap_remove(i);
+            Children::Wide(m) => {
+                let wide = Arc::make_mut(m);
+                if let Some(child) = wide.get_mut(level, h) {
+                    if Node::edit(child, rest, false, hash, f) {
+                        wide.remove(level, h);
+                        if wide.len() <= SMALL_BACK {
+                            let wide = std::mem::replace(wide, Wide::new());
+                            self.children = Children::Small(wide.into_entries().collect());
+                        }
                     }
                 } else {
                     let mut child = Arc::new(Node::empty());
-                    if !Node::edit(&mut child, levels, hash, f) {
-                        bucket.push((Arc::from(level), child));
-                    }
-                }
-                if bucket.is_empty() {
-                    m.remove(&h);
-                    if m.len() <= SMALL_BACK {
-                        let small = m
-                            .iter()
-                            .flat_map(|(h, b)| b.iter().map(|(k, n)| (*h, k.clone(), n.clone())))
-                            .collect();
-                        self.children = Children::Small(small);
+                    if !Node::edit(&mut child, rest, false, hash, f) {
+                        wide.insert(h, Arc::from(level), child);
                     }
                 }
             }
@@ -180,192 +343,235 @@ impl<V: Clone> Node<V> {
     }
 }
 
-fn edit_optional<'p, V: Clone>(
+fn edit_optional<V: Clone>(
     slot: &mut Option<Arc<Node<V>>>,
-    levels: impl Iterator<Item = Level<'p>>,
+    rest: &[Level<'_>],
+    after_hash: bool,
     hash: &impl Fn(&str) -> u64,
     f: impl FnOnce(&mut Vec<Slot<V>>),
 ) {
     let child = slot.get_or_insert_with(|| Arc::new(Node::empty()));
-    if Node::edit(child, levels, hash, f) {
+    if Node::edit(child, rest, after_hash, hash, f) {
         *slot = None;
     }
 }
 
-/// Storage for one state set of the walk.
-///
-/// The fast path uses fixed-capacity inline arrays, which never allocate;
-/// if a pattern set ever has more live states than fit (it takes dozens of
-/// overlapping wildcard patterns all matching one topic prefix), the match is
-/// rerun on heap vectors. Both are plain stacks with a fallible push.
-pub(super) trait States<'a, V>: Default {
-    /// Adds a state; false when the set is full.
-    fn push(&mut self, node: &'a Node<V>) -> bool;
-    fn as_slice(&self) -> &[&'a Node<V>];
-    fn clear(&mut self);
+/// One level of the topic being matched: its text, hash and byte offset.
+#[derive(Clone, Copy)]
+pub(super) struct TopicLevel<'t> {
+    pub(super) word: &'t str,
+    pub(super) hash: u64,
+    pub(super) start: usize,
 }
 
-/// The inline capacity of one state set.
-pub(super) const INLINE_STATES: usize = 32;
+/// A stack of walk states with a fallible push: inline arrays on the fast
+/// path (never allocate, may be full), heap vectors on the rare slow path.
+pub(super) trait Stack<T>: Default {
+    /// The matching buffer for suffix keys (inline or heap, like the stack).
+    type Keys: Default + Extend<u64> + AsRef<[u64]>;
+    /// Adds an item; false when the stack is full.
+    fn push_item(&mut self, item: T) -> bool;
+    fn items(&self) -> &[T];
+    fn reset(&mut self);
+}
 
-/// Inline state set: never allocates, may be full.
-pub(super) type Inline<'a, V> = arrayvec::ArrayVec<&'a Node<V>, INLINE_STATES>;
+/// The inline capacity of every state set on the fast path.
+pub(super) const INLINE: usize = 32;
 
-impl<'a, V> States<'a, V> for Inline<'a, V> {
+impl<T> Stack<T> for arrayvec::ArrayVec<T, INLINE> {
+    type Keys = arrayvec::ArrayVec<u64, INLINE>;
     #[inline(always)]
-    fn push(&mut self, node: &'a Node<V>) -> bool {
-        self.try_push(node).is_ok()
+    fn push_item(&mut self, item: T) -> bool {
+        self.try_push(item).is_ok()
     }
     #[inline(always)]
-    fn as_slice(&self) -> &[&'a Node<V>] {
+    fn items(&self) -> &[T] {
         self
     }
     #[inline(always)]
-    fn clear(&mut self) {
-        arrayvec::ArrayVec::clear(self);
+    fn reset(&mut self) {
+        self.clear();
     }
 }
 
-impl<'a, V> States<'a, V> for Vec<&'a Node<V>> {
+impl<T> Stack<T> for Vec<T> {
+    type Keys = Vec<u64>;
     #[inline]
-    fn push(&mut self, node: &'a Node<V>) -> bool {
-        Vec::push(self, node);
+    fn push_item(&mut self, item: T) -> bool {
+        self.push(item);
         true
     }
     #[inline]
-    fn as_slice(&self) -> &[&'a Node<V>] {
+    fn items(&self) -> &[T] {
         self
     }
     #[inline]
-    fn clear(&mut self) {
-        Vec::clear(self);
+    fn reset(&mut self) {
+        self.clear();
     }
 }
 
-/// One match in progress: fed the topic's levels one by one with [`step`],
-/// then asked for the matching nodes with [`finish`].
-///
-/// [`step`]: Walk::step
-/// [`finish`]: Walk::finish
-pub(super) struct Walk<'a, V, S> {
-    /// Live states reached by a literal or `*` edge; `bufs[cur]` holds the
-    /// current level, the other buffer receives the next (toggled, not
-    /// swapped, so no state set is ever copied).
-    bufs: [S; 2],
-    cur: usize,
-    /// Live `#` states, each from its first entry level on.
-    active: S,
-    /// Set when no state is left (nothing can match) or a set overflowed.
-    stopped: bool,
-    /// A state set overflowed: the caller must rerun with heap state sets.
-    pub(super) overflowed: bool,
-    _values: std::marker::PhantomData<&'a V>,
-}
+/// A state set outgrew its inline capacity; rerun on heap stacks.
+pub(super) struct Overflow;
 
-impl<'a, V, S: States<'a, V>> Walk<'a, V, S> {
-    #[inline]
-    pub(super) fn new(root: &'a Node<V>) -> Self {
-        let mut w = Walk {
-            bufs: [S::default(), S::default()],
-            cur: 0,
-            active: S::default(),
-            stopped: false,
-            overflowed: false,
-            _values: std::marker::PhantomData,
-        };
-        w.bufs[0].push(root);
-        if !enter_hashes(root, &mut w.active) {
-            w.overflow();
-        }
-        w
-    }
-
-    #[cold]
-    fn overflow(&mut self) {
-        self.overflowed = true;
-        self.stopped = true;
-    }
-
-    /// Consumes one topic level (`h` is its hash).
-    #[inline]
-    pub(super) fn step(&mut self, level: &str, h: u64)
-    where
-        V: Clone,
-    {
-        if self.stopped {
-            return;
-        }
-        let [a, b] = &mut self.bufs;
-        let (cur, next) = if self.cur == 0 { (a, b) } else { (b, a) };
-        next.clear();
-        let active = &mut self.active;
+/// Matches the topic `text`, whose levels are `levels`, against the trie
+/// below `root`, calling `emit` once for every slot list whose pattern
+/// matches. Nothing is emitted unless the walk completes: on `Err(Overflow)`
+/// the caller reruns it with heap stacks.
+#[inline]
+pub(super) fn walk<'a, V, S, A>(
+    root: &'a Node<V>,
+    text: &str,
+    levels: &[TopicLevel<'_>],
+    emit: &mut impl FnMut(&'a [Slot<V>]),
+) -> Result<(), Overflow>
+where
+    V: Clone,
+    S: Stack<&'a Node<V>>,
+    A: Stack<(&'a Node<V>, usize)>,
+{
+    // `bufs[cur]` holds the states of the current level; the other buffer
+    // receives the next level's (toggled, never copied).
+    let mut bufs: [S; 2] = [S::default(), S::default()];
+    let mut cur = 0;
+    // Live `#` states with the level they were first entered at.
+    let mut active = A::default();
+    bufs[0].push_item(root);
+    enter_hashes(root, 0, &mut active)?;
+    let last = levels.len().saturating_sub(1);
+    for (i, level) in levels.iter().enumerate() {
+        let (word, h, is_last) = (level.word, level.hash, i == last);
+        let [a, b] = &mut bufs;
+        let (now, next) = if cur == 0 { (a, b) } else { (b, a) };
+        next.reset();
         // `#` states entered while consuming this level are live from the
         // next level on, so only the ones live before it consume it.
-        let live = active.as_slice().len();
-        let mut ok = true;
-        for &node in cur.as_slice() {
-            ok &= transitions(node, level, h, next, active);
+        let live = active.items().len();
+        for &node in now.items() {
+            if node.edges {
+                transitions(node, word, h, i + 1, is_last, next, &mut active)?;
+            }
         }
-        for i in 0..live {
-            let node = active.as_slice()[i];
-            ok &= transitions(node, level, h, next, active);
+        for k in 0..live {
+            let node = active.items()[k].0;
+            if node.edges {
+                transitions(node, word, h, i + 1, is_last, next, &mut active)?;
+            }
         }
-        self.cur ^= 1;
-        if !ok {
-            self.overflow();
-        } else if next.as_slice().is_empty() && active.as_slice().is_empty() {
-            self.stopped = true;
+        cur ^= 1;
+        if next.items().is_empty() && active.items().is_empty() {
+            return Ok(());
         }
     }
-
-    /// Calls `emit` for every node whose patterns match the levels consumed.
-    /// Each node is emitted at most once. Must not be called after overflow.
-    #[inline]
-    pub(super) fn finish(&self, mut emit: impl FnMut(&'a Node<V>)) {
-        debug_assert!(!self.overflowed);
-        for &node in self.bufs[self.cur].as_slice() {
-            emit(node);
+    for &node in bufs[cur].items() {
+        emit(&node.values);
+    }
+    // `suffix_keys[k]`: the key of the topic's last k + 1 levels, computed on
+    // first need and shared by every tail lookup.
+    let mut suffix_keys: S::Keys = Default::default();
+    for &(node, entered) in active.items() {
+        emit(&node.values);
+        if let Some(tails) = &node.tails {
+            if suffix_keys.as_ref().is_empty() {
+                fill_suffix_keys(levels, &mut suffix_keys);
+            }
+            match_tails(tails, entered, text, levels, suffix_keys.as_ref(), emit);
         }
-        for &node in self.active.as_slice() {
-            emit(node);
+    }
+    Ok(())
+}
+
+/// `keys[k]` = the tail key of the topic's last `k + 1` levels.
+#[inline]
+fn fill_suffix_keys<K: Extend<u64>>(levels: &[TopicLevel<'_>], keys: &mut K) {
+    let mut key = 0;
+    keys.extend(levels.iter().rev().map(|l| {
+        key = mix(key, l.hash);
+        key
+    }));
+}
+
+/// Looks up, for each tail length of a `#` node entered at level `entered`,
+/// the topic suffix of that length (if it starts at or after `entered`).
+#[inline]
+fn match_tails<'a, V>(
+    tails: &'a Tails<V>,
+    entered: usize,
+    text: &str,
+    levels: &[TopicLevel<'_>],
+    suffix_keys: &[u64],
+    emit: &mut impl FnMut(&'a [Slot<V>]),
+) {
+    let n = levels.len();
+    for &(len, _) in &tails.lens {
+        if len > n || n - len < entered {
+            continue;
+        }
+        if let Some(bucket) = tails.table.get(&suffix_keys[len - 1]) {
+            let tail = &text[levels[n - len].start..];
+            for (t, slots) in bucket {
+                if **t == *tail {
+                    emit(slots);
+                }
+            }
         }
     }
 }
 
-/// Follows `node`'s literal edge for `level` and its `*` edge into `next`,
-/// entering the `#` chains below the reached nodes. False on overflow.
+/// Follows `node`'s literal edge for `word` and its `*` edge, entering the
+/// `#` chains below the reached nodes at `depth`. A reached node joins `next`
+/// only if it can go further (it has edges) or this is the topic's last
+/// level (its own values may match).
 #[inline(always)]
-fn transitions<'a, V: Clone, S: States<'a, V>>(
+fn transitions<'a, V: Clone, S: Stack<&'a Node<V>>, A: Stack<(&'a Node<V>, usize)>>(
     node: &'a Node<V>,
-    level: &str,
+    word: &str,
     h: u64,
+    depth: usize,
+    is_last: bool,
     next: &mut S,
-    active: &mut S,
-) -> bool {
-    let mut ok = true;
-    if let Some(c) = node.child(level, h) {
-        ok &= next.push(c) && enter_hashes(c, active);
+    active: &mut A,
+) -> Result<(), Overflow> {
+    if let Some(c) = node.child(word, h) {
+        if c.edges || is_last {
+            push(next, c)?;
+        }
+        enter_hashes(c, depth, active)?;
     }
     if let Some(c) = node.star.as_deref() {
-        ok &= next.push(c) && enter_hashes(c, active);
+        if c.edges || is_last {
+            push(next, c)?;
+        }
+        enter_hashes(c, depth, active)?;
     }
-    ok
+    Ok(())
+}
+
+#[inline(always)]
+fn push<T, S: Stack<T>>(stack: &mut S, item: T) -> Result<(), Overflow> {
+    if stack.push_item(item) {
+        Ok(())
+    } else {
+        Err(Overflow)
+    }
 }
 
 /// Adds the chain of `#` children below `node` (`x.#`, `x.#.#`, …) to
-/// `active`, skipping the ones already there (and so their chains too).
-/// False on overflow.
+/// `active` as entered at `depth`, skipping the ones already there (entered
+/// earlier, so their chains too).
 #[inline(always)]
-fn enter_hashes<'a, V, S: States<'a, V>>(node: &'a Node<V>, active: &mut S) -> bool {
+fn enter_hashes<'a, V, A: Stack<(&'a Node<V>, usize)>>(
+    node: &'a Node<V>,
+    depth: usize,
+    active: &mut A,
+) -> Result<(), Overflow> {
     let mut h = node.hash.as_deref();
     while let Some(x) = h {
-        if active.as_slice().iter().any(|a| ptr::eq(*a, x)) {
-            return true;
+        if active.items().iter().any(|(a, _)| ptr::eq(*a, x)) {
+            return Ok(());
         }
-        if !active.push(x) {
-            return false;
-        }
+        push(active, (x, depth))?;
         h = x.hash.as_deref();
     }
-    true
+    Ok(())
 }

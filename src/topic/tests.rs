@@ -206,6 +206,15 @@ pub(crate) const SEMANTICS: &[(&str, &str, bool)] = &[
     ("*.#.*", "a.b", true),
     ("a.*.#.d", "a.b.d", true),
     ("a.*.#.d", "a.d", false),
+    // a literal tail after `#` may only match levels after the `#`
+    ("a.b.#.b", "a.b", false),
+    ("a.b.#.b", "a.b.b", true),
+    ("a.#.a", "a", false),
+    ("a.#.a", "a.a", true),
+    ("#.a.b", "a", false),
+    ("#.a.b", "b.a.b", true),
+    ("*.#.a.b", "a.b", false),
+    ("*.#.a.b", "x.a.b", true),
 ];
 
 #[test]
