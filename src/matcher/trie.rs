@@ -38,6 +38,7 @@
 //! the pathological pattern `#.#.…` (15 `#`) against 31 levels stays at a few
 //! hundred steps instead of the exponential count a backtracking walk takes.
 
+use std::collections::hash_map::Entry;
 use std::ptr;
 use std::sync::Arc;
 
@@ -134,10 +135,11 @@ impl<V> Wide<V> {
     }
 
     fn insert(&mut self, h: u64, text: Arc<str>, node: Arc<Node<V>>) {
-        if self.table.contains_key(&h) {
-            self.collided.push((h, text, node));
-        } else {
-            self.table.insert(h, (text, node));
+        match self.table.entry(h) {
+            Entry::Occupied(_) => self.collided.push((h, text, node)),
+            Entry::Vacant(slot) => {
+                slot.insert((text, node));
+            }
         }
     }
 
