@@ -144,21 +144,25 @@ mod imp {
 
 pub(crate) use imp::*;
 
-/// The hasher the matcher's maps use. Seeded randomly per process normally
-/// (hash flooding through attacker-chosen topics is not cheap), and with fixed
-/// seeds under loom and fuzzing so runs are deterministic.
-pub(crate) fn hasher() -> ahash::RandomState {
+/// The hasher the matcher's and registry's maps use: foldhash, seeded
+/// randomly per process normally (so hash flooding through attacker-chosen
+/// topics is not cheap; foldhash is "minimally DoS-resistant", as ahash's
+/// portable fallback is), and fixed under loom and fuzzing so runs are
+/// deterministic.
+#[cfg(not(any(topicbus_loom, fuzzing)))]
+pub(crate) type Hasher = foldhash::fast::RandomState;
+/// The hasher, fixed-seeded under loom and fuzzing.
+#[cfg(any(topicbus_loom, fuzzing))]
+pub(crate) type Hasher = foldhash::fast::FixedState;
+
+/// A fresh [`Hasher`].
+pub(crate) fn hasher() -> Hasher {
     #[cfg(any(topicbus_loom, fuzzing))]
     {
-        ahash::RandomState::with_seeds(
-            0x243f_6a88_85a3_08d3,
-            0x1319_8a2e_0370_7344,
-            0xa409_3822_299f_31d0,
-            0x082e_fa98_ec4e_6c89,
-        )
+        foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3)
     }
     #[cfg(not(any(topicbus_loom, fuzzing)))]
     {
-        ahash::RandomState::new()
+        foldhash::fast::RandomState::default()
     }
 }

@@ -40,7 +40,7 @@
 mod trie;
 
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -59,7 +59,7 @@ fn span(start: usize, word: &str, hash: u64) -> TopicLevel<'_> {
 
 /// A persistent hash map with the crate's hasher.
 pub(crate) type PMap<K, V> =
-    imbl::GenericHashMap<K, V, ahash::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+    imbl::GenericHashMap<K, V, crate::sync::Hasher, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// A persistent hash map keyed by an already computed (seeded) hash.
 type IdMap<V> = imbl::GenericHashMap<
@@ -72,8 +72,8 @@ type IdMap<V> = imbl::GenericHashMap<
 /// Entries whose keys share one hash (almost always exactly one).
 type Bucket<T> = SmallVec<[(Arc<str>, T); 1]>;
 
-/// Passes a `u64` key through: the keys of an [`IdMap`] are seeded ahash
-/// values already.
+/// Passes a `u64` key through: the keys of an [`IdMap`] are seeded hashes
+/// already.
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 
@@ -106,7 +106,7 @@ fn mix(acc: u64, level: u64) -> u64 {
 /// The seeded hash of one level, shared by every node of a matcher.
 #[derive(Clone)]
 struct LevelHash {
-    state: ahash::RandomState,
+    state: crate::sync::Hasher,
     /// Tests only: squeeze hashes into 2 bits so nearly every lookup goes
     /// through the collision buckets.
     #[cfg(test)]
