@@ -291,6 +291,24 @@ fn machine() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `12.3×`, `0.90×`, or `1/8,000×` for small ratios.
+fn fmt_ratio(r: f64) -> String {
+    if r >= 0.1 {
+        format!("{r:.2}×")
+    } else {
+        let inv = (1.0 / r).round() as u64;
+        let digits = inv.to_string();
+        let mut grouped = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                grouped.push(',');
+            }
+            grouped.push(c);
+        }
+        format!("1/{grouped}×")
+    }
+}
+
 /// Which subject each group's ratio is taken against.
 fn ratio_base(group: &str) -> &'static str {
     if group.starts_with("churn") {
@@ -327,7 +345,7 @@ fn report(cfg: &Config, rows: &[Row]) -> String {
          hitting an exact subject), or one registry change (subscribe or unsubscribe). \
          `ratio` is the median over rounds of (this / the group's baseline in the same round): \
          for matches the baseline is topicbus, so `zenoh_ketree 100×` means zenoh is 100 times slower; \
-         for churn it is the full rebuild, so `0.001×` means a change costs a thousandth of a rebuild.\n"
+         for churn it is the full rebuild, so `1/1,000×` means a change costs a thousandth of a rebuild.\n"
     );
     let _ = writeln!(
         md,
@@ -342,13 +360,13 @@ fn report(cfg: &Config, rows: &[Row]) -> String {
         let (lo, hi) = spread(&r.ns);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} – {} | {:.3}× |",
+            "| {} | {} | {} | {} – {} | {} |",
             r.group,
             r.subject,
             fmt_ns(median(&r.ns)),
             fmt_ns(lo),
             fmt_ns(hi),
-            median(&ratios)
+            fmt_ratio(median(&ratios))
         );
     }
     md
