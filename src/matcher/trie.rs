@@ -59,8 +59,8 @@ type FlatMap<T> = std::collections::HashMap<u64, T, std::hash::BuildHasherDefaul
 /// One trie node.
 #[derive(Clone)]
 pub(super) struct Node<V> {
-    /// Values whose pattern ends at this node.
-    pub(super) values: Arc<[Slot<V>]>,
+    /// Values whose pattern ends at this node, inline up to two.
+    pub(super) values: SmallVec<[Slot<V>; 2]>,
     children: Children<V>,
     star: Option<Arc<Node<V>>>,
     hash: Option<Arc<Node<V>>>,
@@ -170,7 +170,7 @@ impl<V> Wide<V> {
 impl<V: Clone> Node<V> {
     pub(super) fn empty() -> Self {
         Self {
-            values: Arc::from(Vec::new()),
+            values: SmallVec::new(),
             children: Children::Small(Vec::new()),
             star: None,
             hash: None,
@@ -226,7 +226,7 @@ impl<V: Clone> Node<V> {
                 None => {
                     let mut slots = node.values.to_vec();
                     f(&mut slots);
-                    node.values = Arc::from(slots);
+                    node.values = SmallVec::from_vec(slots);
                 }
                 Some((Level::Star, rest)) => edit_optional(&mut node.star, rest, false, hash, f),
                 Some((Level::Hash, rest)) => edit_optional(&mut node.hash, rest, true, hash, f),
