@@ -4,21 +4,30 @@
 //! pattern matching this topic?". It is the routing table of the bus, and
 //! usable on its own.
 //!
-//! - **Exact patterns** (no wildcard) live in a hash map keyed by the whole
-//!   topic text: one hash and one probe, whatever their number.
+//! - **Exact patterns** (no wildcard) live in a persistent hash map keyed by
+//!   the topic's level hashes folded together: one probe, whatever their number.
 //! - **Wildcard patterns** live in a trie walked level by level as an NFA with
 //!   deduplicated state sets (see the `trie` module's docs): the cost grows with
 //!   the topic depth and the number of live wildcard states, not with the
-//!   number of patterns, and stays polynomial for any number of `#`.
+//!   number of patterns, and stays polynomial for any number of `#`. The
+//!   all-literal *tail* after a pattern's last `#` (`#.error`,
+//!   `orders.#.failed`) is looked up once at the end of the topic instead of
+//!   being walked at every level.
+//! - **One hash per level**: each topic level is hashed once per match; the
+//!   exact map, every child lookup and every tail lookup reuse it.
 //! - **Results are deduplicated per value**: a value registered under several
 //!   matching patterns is reported once. Only values registered under more
 //!   than one pattern are ever compared, so dedup is free in the common case.
 //! - **No heap allocation per match**: [`Matcher::for_each_match`] runs on
-//!   inline buffers; [`Matcher::matches`] returns an inline [`MatchSet`].
-//! - **Persistent**: `clone` is O(1) and an insert or remove afterwards copies
-//!   only O(depth) trie nodes and O(log n) hash-map nodes. The registry builds
-//!   each new snapshot this way, so a subscription change never rebuilds the
-//!   table.
+//!   inline buffers; [`Matcher::matches`] returns an inline [`MatchSet`]. The
+//!   one exception is a topic deeper than 32 levels (possible only with raised
+//!   [`Limits`](crate::Limits)) or more than 32 simultaneously live trie states,
+//!   which take a heap-backed path.
+//! - **Persistent**: `clone` is O(1); an insert or remove afterwards copies the
+//!   O(depth) trie nodes on the pattern's path (with the child table of a wide
+//!   node and the tail table of a `#` node on it) and O(log n) hash-map nodes.
+//!   The registry builds each new snapshot this way, so a subscription change
+//!   never rebuilds the table (≈ 10 µs at 100 K subscriptions, measured).
 //!
 //! # Examples
 //!

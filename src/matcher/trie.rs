@@ -15,8 +15,9 @@
 //! Most patterns with a `#` end in literal levels after it (`#.error`,
 //! `orders.#.failed`, `#.eu.created`). Walked level by level, such a tail
 //! costs a child lookup at every level its `#` is live at. Instead, a `#` node
-//! keeps its all-literal tails in a hash table keyed exactly like the exact
-//! map (level hashes folded with `mix`), and the walk looks them up once per
+//! keeps its all-literal tails in a hash table keyed by their level hashes
+//! folded with `mix` from the last level backwards (so one backward pass over
+//! the topic yields every suffix's key), and the walk looks them up once per
 //! distinct tail length, at the end of the topic, for the suffix that starts
 //! after the `#` was entered. Tails that contain a wildcard stay in the trie.
 //!
