@@ -21,6 +21,10 @@
 //!   copies O(depth) nodes instead of rebuilding.
 //! - [`registry::Registry`]: the copy-on-write subscription table (arc-swap)
 //!   the bus routes through; lock-free reads, serialised writers.
+//! - [`Message`]: the immutable envelope the bus delivers: a time-ordered,
+//!   process-monotonic [`MessageId`], headers, [`Priority`], expiry,
+//!   correlation and causation ids, addressing, attempt; built with a
+//!   [`MessageBuilder`]; [`PayloadSize`] limits byte-like payloads.
 //!
 //! The bus runtime (mailboxes, workers, delivery, reliability) builds on these.
 //!
@@ -56,16 +60,22 @@
 //! | feature | enables |
 //! |---|---|
 //! | `serde` | `Serialize` / `Deserialize` for [`Topic`] and [`Pattern`] (deserializing validates) |
+//! | `bytes` | [`PayloadSize`] for `bytes::Bytes` |
 
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 
 pub mod matcher;
+mod message;
 pub mod registry;
 mod sync;
 mod topic;
 
+pub use crate::message::{
+    check_payload_size, HeaderText, Headers, Message, MessageBuilder, MessageId, PayloadSize,
+    PayloadTooLarge, Priority, DEFAULT_MAX_PAYLOAD,
+};
 pub use crate::topic::{
     Level, Limits, Pattern, Topic, TopicError, TopicErrorKind, HASH, SEPARATOR, STAR,
 };

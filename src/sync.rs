@@ -144,6 +144,16 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// Atomics for process-wide `static` counters (the message id sequence).
+///
+/// loom's atomics cannot live in statics, and these take part in no
+/// protocol: a counter's uniqueness and order come from its single
+/// modification order, which needs no model checking. They are the std
+/// atomics under every cfg.
+pub(crate) mod statics {
+    pub(crate) use std::sync::atomic::AtomicU64;
+}
+
 /// The hasher the matcher's and registry's maps use: foldhash, seeded
 /// randomly per process normally (so hash flooding through attacker-chosen
 /// topics is not cheap; foldhash is "minimally DoS-resistant", as ahash's

@@ -1,0 +1,417 @@
+//! Messages: an immutable envelope around a payload.
+//!
+//! A [`Message<T>`] carries a unique, time-ordered [`MessageId`], its
+//! [`Topic`], the payload, a small [`Headers`] map, its creation time, a
+//! [`Priority`], an optional expiry, correlation and causation ids for
+//! tracing conversations, `from` / `to` / `reply_to` addressing and the
+//! delivery attempt. It is built once with a [`MessageBuilder`] and never
+//! changes afterwards: the bus shares one `Arc<Message<T>>` between every
+//! subscriber it is delivered to.
+
+mod headers;
+mod id;
+mod payload;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub use headers::{HeaderText, Headers};
+pub use id::MessageId;
+pub use payload::{check_payload_size, PayloadSize, PayloadTooLarge, DEFAULT_MAX_PAYLOAD};
+
+use crate::topic::Topic;
+
+/// Delivery priority: each subscription serves its high lane before normal
+/// before low (with a guard against starving the lower lanes).
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::Priority;
+/// assert_eq!(Priority::default(), Priority::Normal);
+/// assert!(Priority::High > Priority::Normal && Priority::Normal > Priority::Low);
+/// assert_eq!(Priority::ALL.map(Priority::lane), [0, 1, 2]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Priority {
+    /// Served first.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served last.
+    Low,
+}
+
+impl Priority {
+    /// Every priority, highest first (lane order).
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The lane index: 0 for high, 1 for normal, 2 for low.
+    #[inline]
+    pub const fn lane(self) -> usize {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+impl PartialOrd for Priority {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Priority {
+    /// Higher priority compares greater.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.lane().cmp(&self.lane())
+    }
+}
+
+/// An immutable message: payload plus envelope.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Message, Priority, Topic};
+///
+/// let order = Message::builder(Topic::parse("orders.eu.created")?, "order #1")
+///     .priority(Priority::High)
+///     .header("tenant", "acme")
+///     .ttl(Duration::from_secs(30))
+///     .from("checkout")
+///     .build();
+/// assert_eq!(*order.payload(), "order #1");
+/// assert_eq!(order.headers().get("tenant"), Some("acme"));
+/// assert!(!order.is_expired_at(order.timestamp() + Duration::from_secs(29)));
+/// assert!(order.is_expired_at(order.timestamp() + Duration::from_secs(30)));
+///
+/// // A follow-up message caused by the first one continues its conversation.
+/// let shipped = Message::builder(Topic::parse("orders.eu.shipped")?, "parcel 9")
+///     .caused_by(&order)
+///     .build();
+/// assert_eq!(shipped.causation_id(), Some(order.id()));
+/// assert_eq!(shipped.correlation_id(), Some(order.id()));
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
+pub struct Message<T> {
+    id: MessageId,
+    topic: Topic,
+    payload: T,
+    headers: Headers,
+    timestamp: SystemTime,
+    priority: Priority,
+    expires_at: Option<SystemTime>,
+    correlation_id: Option<MessageId>,
+    causation_id: Option<MessageId>,
+    from: Option<Arc<str>>,
+    to: Option<Arc<str>>,
+    reply_to: Option<Topic>,
+    attempt: u32,
+}
+
+impl<T> Message<T> {
+    /// Starts a message for `topic` carrying `payload`.
+    pub fn builder(topic: Topic, payload: T) -> MessageBuilder<T> {
+        MessageBuilder {
+            topic,
+            payload,
+            headers: Headers::new(),
+            timestamp: None,
+            id: None,
+            priority: Priority::Normal,
+            expiry: Expiry::Never,
+            correlation_id: None,
+            causation_id: None,
+            from: None,
+            to: None,
+            reply_to: None,
+            attempt: 1,
+        }
+    }
+
+    /// The unique, time-ordered id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The topic it was published to.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &T {
+        &self.payload
+    }
+
+    /// Takes the payload out.
+    pub fn into_payload(self) -> T {
+        self.payload
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// When the message was created (wall clock).
+    pub fn timestamp(&self) -> SystemTime {
+        self.timestamp
+    }
+
+    /// The delivery priority.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// When the message expires, if ever.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// True when the message has expired at `now` (an expiry exactly at
+    /// `now` counts as expired). Never true for a message without expiry.
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// The conversation this message belongs to.
+    pub fn correlation_id(&self) -> Option<MessageId> {
+        self.correlation_id
+    }
+
+    /// The message that caused this one.
+    pub fn causation_id(&self) -> Option<MessageId> {
+        self.causation_id
+    }
+
+    /// The sending entity, if given.
+    pub fn from(&self) -> Option<&str> {
+        self.from.as_deref()
+    }
+
+    /// The addressed entity, if given (`None`: a broadcast).
+    pub fn to(&self) -> Option<&str> {
+        self.to.as_deref()
+    }
+
+    /// Where replies should be published, if anywhere.
+    pub fn reply_to(&self) -> Option<&Topic> {
+        self.reply_to.as_ref()
+    }
+
+    /// The delivery attempt, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Message<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .field("payload", &self.payload)
+            .field("headers", &self.headers)
+            .field("priority", &self.priority)
+            .field("expires_at", &self.expires_at)
+            .field("correlation_id", &self.correlation_id)
+            .field("causation_id", &self.causation_id)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("reply_to", &self.reply_to)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    Never,
+    After(Duration),
+    At(SystemTime),
+}
+
+/// Builds a [`Message`]. Everything but the topic and payload is optional.
+#[derive(Debug)]
+pub struct MessageBuilder<T> {
+    topic: Topic,
+    payload: T,
+    headers: Headers,
+    timestamp: Option<SystemTime>,
+    id: Option<MessageId>,
+    priority: Priority,
+    expiry: Expiry,
+    correlation_id: Option<MessageId>,
+    causation_id: Option<MessageId>,
+    from: Option<Arc<str>>,
+    to: Option<Arc<str>>,
+    reply_to: Option<Topic>,
+    attempt: u32,
+}
+
+impl<T> MessageBuilder<T> {
+    /// Adds (or replaces) a header.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<HeaderText>, value: impl Into<HeaderText>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Replaces all headers.
+    #[must_use]
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets the priority (default [`Priority::Normal`]).
+    #[must_use]
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Expires the message `ttl` after its creation time.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.expiry = Expiry::After(ttl);
+        self
+    }
+
+    /// Expires the message at `at`.
+    #[must_use]
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expiry = Expiry::At(at);
+        self
+    }
+
+    /// Sets the correlation id (the conversation).
+    #[must_use]
+    pub fn correlation_id(mut self, id: MessageId) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id (the parent message).
+    #[must_use]
+    pub fn causation_id(mut self, id: MessageId) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// Marks this message as caused by `parent`: its causation id is the
+    /// parent's id and its correlation id the parent's (or, if the parent
+    /// starts the conversation, the parent's id).
+    #[must_use]
+    pub fn caused_by<P>(mut self, parent: &Message<P>) -> Self {
+        self.causation_id = Some(parent.id);
+        self.correlation_id = Some(parent.correlation_id.unwrap_or(parent.id));
+        self
+    }
+
+    /// Sets the sending entity.
+    #[must_use]
+    pub fn from(mut self, entity: impl Into<Arc<str>>) -> Self {
+        self.from = Some(entity.into());
+        self
+    }
+
+    /// Addresses the message to one entity.
+    #[must_use]
+    pub fn to(mut self, entity: impl Into<Arc<str>>) -> Self {
+        self.to = Some(entity.into());
+        self
+    }
+
+    /// Sets where replies should be published.
+    #[must_use]
+    pub fn reply_to(mut self, topic: Topic) -> Self {
+        self.reply_to = Some(topic);
+        self
+    }
+
+    /// Sets the creation time (default: the wall clock at [`build`]); for
+    /// injected clocks. The id is still fresh and, like every id, carries the
+    /// real wall clock, so ids stay in order whatever clocks messages use.
+    ///
+    /// [`build`]: MessageBuilder::build
+    #[must_use]
+    pub fn timestamp(mut self, at: SystemTime) -> Self {
+        self.timestamp = Some(at);
+        self
+    }
+
+    /// Restores a message read back from storage: keeps its id, creation
+    /// time and attempt instead of minting new ones.
+    #[must_use]
+    pub fn restore(mut self, id: MessageId, created: SystemTime, attempt: u32) -> Self {
+        self.id = Some(id);
+        self.timestamp = Some(created);
+        self.attempt = attempt.max(1);
+        self
+    }
+
+    /// Builds the message: stamps the creation time (unless given) and a
+    /// fresh id (unless restored), and resolves a TTL into an expiry time
+    /// counted from the creation time.
+    pub fn build(self) -> Message<T> {
+        let timestamp = self.timestamp.unwrap_or_else(SystemTime::now);
+        let id = self.id.unwrap_or_else(MessageId::new);
+        let expires_at = match self.expiry {
+            Expiry::Never => None,
+            // A TTL so long that the time overflows never expires.
+            Expiry::After(ttl) => timestamp.checked_add(ttl),
+            Expiry::At(at) => Some(at),
+        };
+        Message {
+            id,
+            topic: self.topic,
+            payload: self.payload,
+            headers: self.headers,
+            timestamp,
+            priority: self.priority,
+            expires_at,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            from: self.from,
+            to: self.to,
+            reply_to: self.reply_to,
+            attempt: self.attempt,
+        }
+    }
+
+    /// Builds the message after checking the payload against `max` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`PayloadTooLarge`] when the payload is larger than `max`; nothing is
+    /// built.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic, DEFAULT_MAX_PAYLOAD};
+    /// let t = Topic::parse("blobs.put")?;
+    /// let big = vec![0u8; DEFAULT_MAX_PAYLOAD + 1];
+    /// let err = Message::builder(t, big).build_checked(DEFAULT_MAX_PAYLOAD).unwrap_err();
+    /// assert_eq!(err.size, DEFAULT_MAX_PAYLOAD + 1);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn build_checked(self, max: usize) -> Result<Message<T>, PayloadTooLarge>
+    where
+        T: PayloadSize,
+    {
+        check_payload_size(&self.payload, max)?;
+        Ok(self.build())
+    }
+}
+
+#[cfg(test)]
+mod tests;
