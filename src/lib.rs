@@ -66,6 +66,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 
+// Used by the bus runtime as it is built; model-checked in `loom-tests/`.
+#[cfg_attr(not(topicbus_loom), allow(dead_code))]
+mod mailbox;
 pub mod matcher;
 mod message;
 pub mod registry;
@@ -83,3 +86,10 @@ pub use crate::topic::{
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// Internals reachable by the loom models in `loom-tests/`, and only there.
+#[cfg(topicbus_loom)]
+#[doc(hidden)]
+pub mod __loom {
+    pub use crate::mailbox::state::{AfterRun, OnPush, State};
+}
