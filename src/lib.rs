@@ -91,5 +91,6 @@ struct ReadmeDoctests;
 #[cfg(topicbus_loom)]
 #[doc(hidden)]
 pub mod __loom {
+    pub use crate::mailbox::lanes::{Lanes, OverflowPolicy, Push};
     pub use crate::mailbox::state::{AfterRun, OnPush, State};
 }

@@ -37,6 +37,61 @@ mod imp {
     /// A loaded value of an [`ArcCell`]; cheap to take, meant to be short-lived.
     pub struct Guard<T>(arc_swap::Guard<Arc<T>>);
 
+    /// A condition variable with one shape on both backends: the guard goes
+    /// in and comes back, with whether the deadline passed.
+    #[derive(Debug, Default)]
+    pub struct Condvar(parking_lot::Condvar);
+
+    impl Condvar {
+        pub fn new() -> Self {
+            Self(parking_lot::Condvar::new())
+        }
+
+        pub fn wait_until<'a, T>(
+            &self,
+            mut guard: MutexGuard<'a, T>,
+            deadline: std::time::Instant,
+        ) -> (MutexGuard<'a, T>, bool) {
+            let timed_out = self.0.wait_until(&mut guard, deadline).timed_out();
+            (guard, timed_out)
+        }
+
+        pub fn notify_one(&self) {
+            self.0.notify_one();
+        }
+    }
+
+    /// A bounded lock-free MPMC queue (crossbeam's `ArrayQueue`).
+    #[derive(Debug)]
+    pub struct BoundedQueue<T>(crossbeam_queue::ArrayQueue<T>);
+
+    impl<T> BoundedQueue<T> {
+        pub fn new(capacity: std::num::NonZeroUsize) -> Self {
+            Self(crossbeam_queue::ArrayQueue::new(capacity.get()))
+        }
+        #[inline]
+        pub fn push(&self, value: T) -> Result<(), T> {
+            self.0.push(value)
+        }
+        /// Pushes, evicting and returning the oldest element when full.
+        #[inline]
+        pub fn force_push(&self, value: T) -> Option<T> {
+            self.0.force_push(value)
+        }
+        #[inline]
+        pub fn pop(&self) -> Option<T> {
+            self.0.pop()
+        }
+        #[inline]
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+        #[inline]
+        pub fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
     impl<T> ArcCell<T> {
         pub fn new(value: Arc<T>) -> Self {
             Self(arc_swap::ArcSwap::new(value))
@@ -107,6 +162,81 @@ mod imp {
 
     /// A loaded value of an [`ArcCell`].
     pub struct Guard<T>(Arc<T>);
+
+    /// loom's condition variable behind the std backend's shape. loom does
+    /// not model time: a wait never times out, so a lost notification shows
+    /// up as a deadlock the model reports.
+    #[derive(Debug)]
+    pub struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        pub fn new() -> Self {
+            Self(loom::sync::Condvar::new())
+        }
+
+        pub fn wait_until<'a, T>(
+            &self,
+            guard: MutexGuard<'a, T>,
+            deadline: std::time::Instant,
+        ) -> (MutexGuard<'a, T>, bool) {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let (guard, result) = self
+                .0
+                .wait_timeout(guard, wait)
+                .expect("loom mutex poisoned");
+            (guard, result.timed_out())
+        }
+
+        pub fn notify_one(&self) {
+            self.0.notify_one();
+        }
+    }
+
+    /// The loom stand-in for `ArrayQueue`: a mutex around a `VecDeque`.
+    #[derive(Debug)]
+    pub struct BoundedQueue<T> {
+        queue: loom::sync::Mutex<std::collections::VecDeque<T>>,
+        capacity: usize,
+    }
+
+    impl<T> BoundedQueue<T> {
+        pub fn new(capacity: std::num::NonZeroUsize) -> Self {
+            Self {
+                queue: loom::sync::Mutex::new(std::collections::VecDeque::new()),
+                capacity: capacity.get(),
+            }
+        }
+        fn lock(&self) -> loom::sync::MutexGuard<'_, std::collections::VecDeque<T>> {
+            self.queue.lock().expect("loom mutex poisoned")
+        }
+        pub fn push(&self, value: T) -> Result<(), T> {
+            let mut q = self.lock();
+            if q.len() == self.capacity {
+                return Err(value);
+            }
+            q.push_back(value);
+            Ok(())
+        }
+        pub fn force_push(&self, value: T) -> Option<T> {
+            let mut q = self.lock();
+            let evicted = if q.len() == self.capacity {
+                q.pop_front()
+            } else {
+                None
+            };
+            q.push_back(value);
+            evicted
+        }
+        pub fn pop(&self) -> Option<T> {
+            self.lock().pop_front()
+        }
+        pub fn len(&self) -> usize {
+            self.lock().len()
+        }
+        pub fn is_empty(&self) -> bool {
+            self.lock().is_empty()
+        }
+    }
 
     impl<T> ArcCell<T> {
         pub fn new(value: Arc<T>) -> Self {

@@ -1,10 +1,13 @@
 //! Per-subscription mailboxes.
 //!
-//! Today this holds the scheduling state machine ([`state`]), model-checked
-//! in `loom-tests/tests/mailbox_state.rs`; the bounded priority lanes and
-//! overflow policies join it as the bus runtime is built.
+//! Today this holds the scheduling state machine ([`state`]) and the bounded
+//! priority lanes with their overflow policies ([`lanes`]), both
+//! model-checked in `loom-tests/`; the bus runtime wires them to the worker
+//! pool.
 
-// The state machine's items are `pub` so that `loom-tests` can reach them
-// through `crate::__loom` (compiled only under `cfg(topicbus_loom)`).
+// Items are `pub` so that `loom-tests` can reach them through
+// `crate::__loom` (compiled only under `cfg(topicbus_loom)`).
+#[allow(unreachable_pub)]
+pub(crate) mod lanes;
 #[allow(unreachable_pub)]
 pub(crate) mod state;

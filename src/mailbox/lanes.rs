@@ -1,0 +1,223 @@
+//! Three bounded priority lanes with an overflow policy (SPEC R9, R10).
+//!
+//! Each lane (high, normal, low) is a bounded lock-free MPMC queue. [`pop`]
+//! serves the highest non-empty lane, except that after [`STARVATION_LIMIT`]
+//! pops in a row from a higher lane while a lower one waited, it serves a
+//! lower lane once (alternating which one it prefers): higher traffic delays
+//! lower traffic, it never shuts it out.
+//!
+//! A push into a full lane follows the [`OverflowPolicy`]: drop the new
+//! message, evict the oldest, reject it back to the publisher, or block the
+//! publisher until space frees up or a timeout passes. Every outcome that
+//! loses a message hands it back in the [`Push`] result so the caller counts
+//! it (nothing is dropped silently).
+//!
+//! # Blocking without lost wake-ups
+//!
+//! The fast paths take no lock. A blocked publisher registers in `waiters`,
+//! then retries the push under `lock` before each wait; a pop that freed a
+//! slot notifies under the same lock when it sees a waiter. Both sides put a
+//! `SeqCst` fence between their write (the waiter count, the freed slot) and
+//! their read of the other's, so at least one sees the other: either the
+//! popper sees the waiter and notifies (under the lock, so not before the
+//! publisher waits or after it retried), or the publisher's retry sees the
+//! freed slot. The `a_pop_wakes_the_blocked_publisher` loom model checks the
+//! notification protocol (it fails, as a deadlock, when the notify is removed
+//! or skipped). It cannot check the fence pairing itself: crossbeam's queue is
+//! opaque to loom and its stand-in is a mutex, which orders everything; the
+//! fences rest on the argument above and on the threaded tests against the
+//! real queue.
+//!
+//! [`pop`]: Lanes::pop
+
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use crate::message::Priority;
+use crate::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+use crate::sync::{BoundedQueue, Condvar, Mutex};
+
+/// Pops in a row from a higher lane, while a lower lane waits, before the
+/// lower lanes are served once.
+pub const STARVATION_LIMIT: u32 = 16;
+
+/// What happens to a message published into a full lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverflowPolicy {
+    /// The publisher waits for space, up to the timeout.
+    Block {
+        /// How long the publisher may wait.
+        timeout: Duration,
+    },
+    /// The new message is dropped.
+    DropNewest,
+    /// The oldest message in the lane is evicted to make room.
+    DropOldest,
+    /// The publish fails and the message goes back to the publisher.
+    Reject,
+}
+
+/// The outcome of a push. Every variant but `Enqueued` carries the message
+/// that did not make it (or was evicted), to be counted by policy.
+#[must_use]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push<T> {
+    /// In the lane.
+    Enqueued,
+    /// In the lane; the oldest message was evicted to make room.
+    EvictedOldest(T),
+    /// The lane was full; the new message was dropped.
+    DroppedNewest(T),
+    /// The lane was full; the message is handed back to the publisher.
+    Rejected(T),
+    /// The lane stayed full until the timeout.
+    TimedOut(T),
+}
+
+/// The three lanes of one mailbox.
+#[derive(Debug)]
+pub struct Lanes<T> {
+    lanes: [BoundedQueue<T>; 3],
+    /// Pops in a row served from a higher lane while a lower one waited.
+    streak: AtomicU32,
+    /// Guard turns taken so far: odd turns prefer the low lane, even turns
+    /// the normal one, so neither lower lane can be starved by the other.
+    turns: AtomicU32,
+    /// Publishers blocked (or about to block) on a full lane.
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    space: Condvar,
+}
+
+impl<T> Lanes<T> {
+    /// Three empty lanes of `capacity` messages each.
+    pub fn new(capacity: NonZeroUsize) -> Self {
+        Self {
+            lanes: [
+                BoundedQueue::new(capacity),
+                BoundedQueue::new(capacity),
+                BoundedQueue::new(capacity),
+            ],
+            streak: AtomicU32::new(0),
+            turns: AtomicU32::new(0),
+            waiters: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            space: Condvar::new(),
+        }
+    }
+
+    /// Pushes `item` into the lane of `priority`, following `policy` when the
+    /// lane is full.
+    pub fn push(&self, priority: Priority, item: T, policy: OverflowPolicy) -> Push<T> {
+        let lane = &self.lanes[priority.lane()];
+        let item = match lane.push(item) {
+            Ok(()) => return Push::Enqueued,
+            Err(item) => item,
+        };
+        match policy {
+            OverflowPolicy::DropNewest => Push::DroppedNewest(item),
+            OverflowPolicy::Reject => Push::Rejected(item),
+            OverflowPolicy::DropOldest => match lane.force_push(item) {
+                Some(old) => Push::EvictedOldest(old),
+                None => Push::Enqueued,
+            },
+            OverflowPolicy::Block { timeout } => self.push_blocking(lane, item, timeout),
+        }
+    }
+
+    #[cold]
+    fn push_blocking(&self, lane: &BoundedQueue<T>, mut item: T, timeout: Duration) -> Push<T> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `pop`: our registration or their freed slot
+        // is seen by the other side.
+        fence(Ordering::SeqCst);
+        let mut guard = self.lock.lock();
+        let outcome = loop {
+            match lane.push(item) {
+                Ok(()) => break Push::Enqueued,
+                Err(back) => item = back,
+            }
+            // A timeout too large for the clock waits for ever (a year at a
+            // time).
+            let until =
+                deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(31_536_000));
+            let (g, timed_out) = self.space.wait_until(guard, until);
+            guard = g;
+            if timed_out && deadline.is_some() {
+                // One last try: space may have freed at the deadline.
+                break match lane.push(item) {
+                    Ok(()) => Push::Enqueued,
+                    Err(back) => Push::TimedOut(back),
+                };
+            }
+        };
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        outcome
+    }
+
+    /// Takes the next message: the highest non-empty lane, with the
+    /// starvation guard.
+    pub fn pop(&self) -> Option<T> {
+        let item = self.take();
+        if item.is_some() {
+            // Pairs with the fence in `push_blocking`.
+            fence(Ordering::SeqCst);
+            if self.waiters.load(Ordering::Relaxed) > 0 {
+                let _guard = self.lock.lock();
+                self.space.notify_one();
+            }
+        }
+        item
+    }
+
+    fn take(&self) -> Option<T> {
+        let [_, normal, low] = &self.lanes;
+        if self.streak.load(Ordering::Relaxed) >= STARVATION_LIMIT {
+            self.streak.store(0, Ordering::Relaxed);
+            let served = if self.turns.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+                low.pop().or_else(|| normal.pop())
+            } else {
+                normal.pop().or_else(|| low.pop())
+            };
+            if served.is_some() {
+                return served;
+            }
+        }
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if let Some(item) = lane.pop() {
+                let lower_waiting = match i {
+                    0 => !normal.is_empty() || !low.is_empty(),
+                    1 => !low.is_empty(),
+                    _ => false,
+                };
+                if lower_waiting {
+                    self.streak.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.streak.store(0, Ordering::Relaxed);
+                }
+                return Some(item);
+            }
+        }
+        None
+    }
+
+    /// Messages waiting per lane: high, normal, low.
+    pub fn depths(&self) -> [usize; 3] {
+        [
+            self.lanes[0].len(),
+            self.lanes[1].len(),
+            self.lanes[2].len(),
+        ]
+    }
+
+    /// True when every lane is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(BoundedQueue::is_empty)
+    }
+}
+
+#[cfg(all(test, not(topicbus_loom)))]
+mod tests;
