@@ -71,6 +71,9 @@
 mod mailbox;
 pub mod matcher;
 mod message;
+// Used by the bus runtime as it is built; model-checked in `loom-tests/`.
+#[cfg_attr(not(topicbus_loom), allow(dead_code, unreachable_pub))]
+mod pool;
 pub mod registry;
 mod sync;
 mod topic;
@@ -93,4 +96,5 @@ struct ReadmeDoctests;
 pub mod __loom {
     pub use crate::mailbox::lanes::{Lanes, OverflowPolicy, Push};
     pub use crate::mailbox::state::{AfterRun, OnPush, State};
+    pub use crate::pool::{Pool, Task, TaskRef};
 }

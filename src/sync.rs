@@ -59,6 +59,32 @@ mod imp {
         pub fn notify_one(&self) {
             self.0.notify_one();
         }
+
+        pub fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    /// An unbounded lock-free MPMC queue (crossbeam's `SegQueue`).
+    #[derive(Debug, Default)]
+    pub struct UnboundedQueue<T>(crossbeam_queue::SegQueue<T>);
+
+    impl<T> UnboundedQueue<T> {
+        pub fn new() -> Self {
+            Self(crossbeam_queue::SegQueue::new())
+        }
+        #[inline]
+        pub fn push(&self, value: T) {
+            self.0.push(value);
+        }
+        #[inline]
+        pub fn pop(&self) -> Option<T> {
+            self.0.pop()
+        }
+        #[inline]
+        pub fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
     }
 
     /// A bounded lock-free MPMC queue (crossbeam's `ArrayQueue`).
@@ -189,6 +215,29 @@ mod imp {
 
         pub fn notify_one(&self) {
             self.0.notify_one();
+        }
+
+        pub fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
+    /// The loom stand-in for `SegQueue`: a mutex around a `VecDeque`.
+    #[derive(Debug)]
+    pub struct UnboundedQueue<T>(loom::sync::Mutex<std::collections::VecDeque<T>>);
+
+    impl<T> UnboundedQueue<T> {
+        pub fn new() -> Self {
+            Self(loom::sync::Mutex::new(std::collections::VecDeque::new()))
+        }
+        pub fn push(&self, value: T) {
+            self.0.lock().expect("loom mutex poisoned").push_back(value);
+        }
+        pub fn pop(&self) -> Option<T> {
+            self.0.lock().expect("loom mutex poisoned").pop_front()
+        }
+        pub fn is_empty(&self) -> bool {
+            self.0.lock().expect("loom mutex poisoned").is_empty()
         }
     }
 
