@@ -116,15 +116,18 @@ impl Pool {
     }
 
     /// Lets the workers finish the queued tasks, then stops and joins them.
-    /// Idempotent; also run on drop.
+    /// Idempotent, also run on drop; every caller returns only once the
+    /// threads are joined.
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         {
             let _guard = self.shared.lock.lock();
             self.shared.wake.notify_all();
         }
-        let handles: Vec<_> = std::mem::take(&mut *self.workers.lock());
-        for handle in handles {
+        // Join while holding the list, so a concurrent `shutdown` returns only
+        // once the threads are joined too (workers never take this lock).
+        let mut workers = self.workers.lock();
+        for handle in workers.drain(..) {
             // A worker never panics (tasks are run under catch_unwind).
             let _ = handle.join();
         }

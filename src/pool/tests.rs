@@ -128,3 +128,41 @@ fn workers_are_named_and_joined() {
     // Joined: the pool holds no thread handles any more.
     assert!(pool.workers.lock().is_empty());
 }
+
+/// A task that does real work (a few microseconds), so draining a queue of
+/// them takes long enough to observe who waits for it.
+struct Busy(StdAtomicUsize);
+
+impl Task for Busy {
+    fn run(&self) -> bool {
+        let mut x = 1u64;
+        for i in 0..20_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+        std::hint::black_box(x);
+        self.0.fetch_add(1, Ordering::SeqCst);
+        false
+    }
+}
+
+#[test]
+fn concurrent_shutdowns_both_wait_for_the_joins() {
+    let pool = StdArc::new(Pool::new(2).unwrap());
+    let count = StdArc::new(Busy(StdAtomicUsize::new(0)));
+    for _ in 0..2_000 {
+        pool.schedule(count.clone());
+    }
+    let stoppers: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, count) = (pool.clone(), count.clone());
+            std::thread::spawn(move || {
+                pool.shutdown();
+                // Whoever returns, returns after the queue was drained.
+                count.0.load(Ordering::SeqCst)
+            })
+        })
+        .collect();
+    for s in stoppers {
+        assert_eq!(s.join().unwrap(), 2_000);
+    }
+}
