@@ -184,7 +184,7 @@ mod imp {
 
     /// The loom stand-in for `ArcSwap`: a mutex around an `Arc`.
     #[derive(Debug)]
-    pub struct ArcCell<T>(loom::sync::Mutex<Arc<T>>);
+    pub struct ArcCell<T>(Mutex<Arc<T>>);
 
     /// A loaded value of an [`ArcCell`].
     pub struct Guard<T>(Arc<T>);
@@ -224,39 +224,39 @@ mod imp {
 
     /// The loom stand-in for `SegQueue`: a mutex around a `VecDeque`.
     #[derive(Debug)]
-    pub struct UnboundedQueue<T>(loom::sync::Mutex<std::collections::VecDeque<T>>);
+    pub struct UnboundedQueue<T>(Mutex<std::collections::VecDeque<T>>);
 
     impl<T> UnboundedQueue<T> {
         pub fn new() -> Self {
-            Self(loom::sync::Mutex::new(std::collections::VecDeque::new()))
+            Self(Mutex::new(std::collections::VecDeque::new()))
         }
         pub fn push(&self, value: T) {
-            self.0.lock().expect("loom mutex poisoned").push_back(value);
+            self.0.lock().push_back(value);
         }
         pub fn pop(&self) -> Option<T> {
-            self.0.lock().expect("loom mutex poisoned").pop_front()
+            self.0.lock().pop_front()
         }
         pub fn is_empty(&self) -> bool {
-            self.0.lock().expect("loom mutex poisoned").is_empty()
+            self.0.lock().is_empty()
         }
     }
 
     /// The loom stand-in for `ArrayQueue`: a mutex around a `VecDeque`.
     #[derive(Debug)]
     pub struct BoundedQueue<T> {
-        queue: loom::sync::Mutex<std::collections::VecDeque<T>>,
+        queue: Mutex<std::collections::VecDeque<T>>,
         capacity: usize,
     }
 
     impl<T> BoundedQueue<T> {
         pub fn new(capacity: std::num::NonZeroUsize) -> Self {
             Self {
-                queue: loom::sync::Mutex::new(std::collections::VecDeque::new()),
+                queue: Mutex::new(std::collections::VecDeque::new()),
                 capacity: capacity.get(),
             }
         }
-        fn lock(&self) -> loom::sync::MutexGuard<'_, std::collections::VecDeque<T>> {
-            self.queue.lock().expect("loom mutex poisoned")
+        fn lock(&self) -> MutexGuard<'_, std::collections::VecDeque<T>> {
+            self.queue.lock()
         }
         pub fn push(&self, value: T) -> Result<(), T> {
             let mut q = self.lock();
@@ -289,7 +289,7 @@ mod imp {
 
     impl<T> ArcCell<T> {
         pub fn new(value: Arc<T>) -> Self {
-            Self(loom::sync::Mutex::new(value))
+            Self(Mutex::new(value))
         }
 
         pub fn load(&self) -> Guard<T> {
@@ -297,11 +297,11 @@ mod imp {
         }
 
         pub fn load_full(&self) -> Arc<T> {
-            Arc::clone(&self.0.lock().expect("loom mutex poisoned"))
+            Arc::clone(&self.0.lock())
         }
 
         pub fn store(&self, value: Arc<T>) {
-            let old = std::mem::replace(&mut *self.0.lock().expect("loom mutex poisoned"), value);
+            let old = std::mem::replace(&mut *self.0.lock(), value);
             // Drop the old snapshot outside the lock, as arc-swap does.
             drop(old);
         }
