@@ -204,12 +204,19 @@ enum Mode {
     Pattern,
 }
 
-/// Validates `s` and returns its number of levels.
+/// Validates `s` in one pass; see [`Scan`] for what it reports.
 ///
 /// One pass over the bytes, reporting the leftmost broken rule (after the
 /// length check, which needs no scan). Non-ASCII characters are decoded only
 /// to reject Unicode whitespace and controls.
-fn validate(s: &str, limits: &Limits, mode: Mode) -> Result<usize, TopicError> {
+/// What one validation pass learned about a valid input.
+struct Scan {
+    depth: usize,
+    /// Some level is a wildcard (`*` or `#`); only possible for patterns.
+    wildcard: bool,
+}
+
+fn validate(s: &str, limits: &Limits, mode: Mode) -> Result<Scan, TopicError> {
     if s.is_empty() {
         return Err(TopicError::new(TopicErrorKind::Empty, 0));
     }
@@ -229,6 +236,7 @@ fn validate(s: &str, limits: &Limits, mode: Mode) -> Result<usize, TopicError> {
     }
     let bytes = s.as_bytes();
     let mut depth = 1usize;
+    let mut wildcard = false;
     let mut level_start = 0usize;
     let mut i = 0usize;
     while i < bytes.len() {
@@ -254,6 +262,7 @@ fn validate(s: &str, limits: &Limits, mode: Mode) -> Result<usize, TopicError> {
                 if !whole_level {
                     return Err(TopicError::new(TopicErrorKind::MisplacedWildcard(c), i));
                 }
+                wildcard = true;
                 i += 1;
             }
             b if b < 0x80 => {
@@ -275,7 +284,7 @@ fn validate(s: &str, limits: &Limits, mode: Mode) -> Result<usize, TopicError> {
     if level_start == bytes.len() {
         return Err(TopicError::new(TopicErrorKind::EmptyLevel, level_start));
     }
-    Ok(depth)
+    Ok(Scan { depth, wildcard })
 }
 
 /// A validated, concrete topic such as `orders.eu.created`.
@@ -336,7 +345,7 @@ impl Topic {
     /// assert!(Topic::parse_with(&"a.".repeat(40).trim_end_matches('.'), &wide).is_ok());
     /// ```
     pub fn parse_with(s: &str, limits: &Limits) -> Result<Self, TopicError> {
-        let depth = validate(s, limits, Mode::Topic)?;
+        let depth = validate(s, limits, Mode::Topic)?.depth;
         Ok(Self {
             text: Arc::from(s),
             // `depth <= s.len()`, and a topic longer than u32::MAX bytes is
@@ -446,8 +455,8 @@ impl Pattern {
     /// assert!(Pattern::parse_with("a.#.b", &tiny).is_err());
     /// ```
     pub fn parse_with(s: &str, limits: &Limits) -> Result<Self, TopicError> {
-        let depth = validate(s, limits, Mode::Pattern)?;
-        let exact = !s.split(SEPARATOR).any(|l| l == STAR || l == HASH);
+        let scan = validate(s, limits, Mode::Pattern)?;
+        let (depth, exact) = (scan.depth, !scan.wildcard);
         Ok(Self {
             text: Arc::from(s),
             depth: u32::try_from(depth).unwrap_or(u32::MAX),
