@@ -66,18 +66,25 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 
-// Used by the bus runtime as it is built; model-checked in `loom-tests/`.
-#[cfg_attr(not(topicbus_loom), allow(dead_code))]
+mod bus;
 mod mailbox;
 pub mod matcher;
 mod message;
-// Used by the bus runtime as it is built; model-checked in `loom-tests/`.
-#[cfg_attr(not(topicbus_loom), allow(dead_code, unreachable_pub))]
+// Items are `pub` so that `loom-tests` can reach them through `__loom`.
+#[allow(unreachable_pub)]
 mod pool;
 pub mod registry;
 mod sync;
 mod topic;
 
+pub use crate::bus::{
+    BatchError, BatchReceipt, BoxError, BuildError, Bus, BusBuilder, BusStats, Confirmation,
+    Counts, Delivery, DropReason, Drops, GroupStrategy, HandlerResult, IntoTopic, Outcome,
+    PatternArg, PublishError, Receipt, Receiver, RecvError, RecvTimeoutError, ShutdownError,
+    ShutdownReport, SubStats, SubscribeError, SubscribeOptions, Subscription, TryRecvError,
+    WeakBus, DEFAULT_BATCH, DEFAULT_CAPACITY, DEFAULT_DROP_TIMEOUT,
+};
+pub use crate::mailbox::lanes::OverflowPolicy;
 pub use crate::message::{
     check_payload_size, HeaderText, Headers, Message, MessageBuilder, MessageId, PayloadSize,
     PayloadTooLarge, Priority, DEFAULT_MAX_PAYLOAD,

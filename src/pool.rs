@@ -52,6 +52,10 @@ struct Shared {
     wake: Condvar,
     stopping: AtomicBool,
     panics: AtomicU64,
+    /// Workers not yet exited; `exited` is notified (under `lock`) as each
+    /// leaves.
+    live: AtomicUsize,
+    exited: Condvar,
 }
 
 /// A fixed set of worker threads.
@@ -84,6 +88,8 @@ impl Pool {
             wake: Condvar::new(),
             stopping: AtomicBool::new(false),
             panics: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+            exited: Condvar::new(),
         });
         let pool = Pool {
             shared,
@@ -91,12 +97,19 @@ impl Pool {
         };
         for n in 0..workers {
             let shared = Arc::clone(&pool.shared);
+            pool.shared.live.fetch_add(1, Ordering::SeqCst);
             let spawned = thread::Builder::new()
                 .name(format!("topicbus-worker-{n}"))
-                .spawn(move || work(&shared));
+                .spawn(move || {
+                    work(&shared);
+                    shared.live.fetch_sub(1, Ordering::SeqCst);
+                    let _guard = shared.lock.lock();
+                    shared.exited.notify_all();
+                });
             match spawned {
                 Ok(handle) => pool.workers.lock().push(handle),
                 Err(e) => {
+                    pool.shared.live.fetch_sub(1, Ordering::SeqCst);
                     pool.shutdown();
                     return Err(e);
                 }
@@ -117,13 +130,10 @@ impl Pool {
 
     /// Lets the workers finish the queued tasks, then stops and joins them.
     /// Idempotent, also run on drop; every caller returns only once the
-    /// threads are joined.
+    /// threads are joined (or were detached by a timed-out
+    /// [`shutdown_until`](Self::shutdown_until)).
     pub fn shutdown(&self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        {
-            let _guard = self.shared.lock.lock();
-            self.shared.wake.notify_all();
-        }
+        self.stop();
         // Join while holding the list, so a concurrent `shutdown` returns only
         // once the threads are joined too (workers never take this lock).
         let mut workers = self.workers.lock();
@@ -131,6 +141,44 @@ impl Pool {
             // A worker never panics (tasks are run under catch_unwind).
             let _ = handle.join();
         }
+    }
+
+    /// As [`shutdown`](Self::shutdown), but waits for the workers only until
+    /// `deadline`. True when every worker exited and was joined; false when
+    /// some were still busy (a task that does not return): they are
+    /// detached and exit on their own once their task returns.
+    pub fn shutdown_until(&self, deadline: Instant) -> bool {
+        self.stop();
+        let mut workers = self.workers.lock();
+        let all_exited = {
+            let mut guard = self.shared.lock.lock();
+            loop {
+                if self.shared.live.load(Ordering::SeqCst) == 0 {
+                    break true;
+                }
+                let (g, timed_out) = self.shared.exited.wait_until(guard, deadline);
+                guard = g;
+                if timed_out {
+                    break self.shared.live.load(Ordering::SeqCst) == 0;
+                }
+            }
+        };
+        if all_exited {
+            for handle in workers.drain(..) {
+                let _ = handle.join();
+            }
+        } else {
+            // Dropping a join handle detaches its thread.
+            workers.clear();
+        }
+        all_exited
+    }
+
+    /// Tells the workers to stop once the queue is empty, and wakes them.
+    fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _guard = self.shared.lock.lock();
+        self.shared.wake.notify_all();
     }
 }
 

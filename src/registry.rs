@@ -375,6 +375,28 @@ impl<E> Batch<'_, E> {
         patterns: impl IntoIterator<Item = Pattern>,
         value: E,
     ) -> SubscriptionId {
+        self.subscribe_with(patterns, |_| value)
+    }
+
+    /// Registers the value `make` builds from the new registration's id
+    /// (for values that carry their own id); otherwise as
+    /// [`subscribe`](Self::subscribe).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// let a = Pattern::parse("a")?;
+    /// let id = reg.update(|b| b.subscribe_with([a], |id| id.get()));
+    /// assert_eq!(*reg.load().get(id).unwrap().value(), id.get());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
+    pub fn subscribe_with(
+        &mut self,
+        patterns: impl IntoIterator<Item = Pattern>,
+        make: impl FnOnce(SubscriptionId) -> E,
+    ) -> SubscriptionId {
         let id = SubscriptionId(self.writer.next_id);
         self.writer.next_id += 1;
         let mut unique: Vec<Pattern> = Vec::new();
@@ -386,7 +408,7 @@ impl<E> Batch<'_, E> {
         let entry = std::sync::Arc::new(Entry {
             id,
             patterns: unique.into_boxed_slice(),
-            value,
+            value: make(id),
         });
         for p in entry.patterns.iter() {
             self.next

@@ -170,6 +170,18 @@ mod imp {
     /// The guard of [`Mutex`].
     pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
+    impl<T: Default> Default for Mutex<T> {
+        fn default() -> Self {
+            Self::new(T::default())
+        }
+    }
+
+    impl Default for Condvar {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
     impl<T> Mutex<T> {
         pub fn new(value: T) -> Self {
             Self(loom::sync::Mutex::new(value))

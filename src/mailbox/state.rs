@@ -156,7 +156,14 @@ impl State {
         before & (SCHEDULED | RUNNING | CLOSED) == 0
     }
 
+    /// True when neither scheduled nor running (a snapshot: a push may
+    /// schedule it right after).
+    pub fn is_idle(&self) -> bool {
+        self.0.load(Ordering::Acquire) & (SCHEDULED | RUNNING) == 0
+    }
+
     /// True once closed.
+    #[cfg_attr(not(any(test, topicbus_loom)), allow(dead_code))] // tests and models
     pub fn is_closed(&self) -> bool {
         self.0.load(Ordering::Acquire) & CLOSED != 0
     }

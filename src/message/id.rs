@@ -97,6 +97,11 @@ impl MessageId {
         GLOBAL.next(SystemTime::now())
     }
 
+    /// A fresh id for a clock reading taken just now.
+    pub(crate) fn at(now: SystemTime) -> Self {
+        GLOBAL.next(now)
+    }
+
     /// The id from its 128-bit value (for ids read back from storage).
     ///
     /// # Examples

@@ -113,6 +113,9 @@ pub struct Message<T> {
     to: Option<Arc<str>>,
     reply_to: Option<Topic>,
     attempt: u32,
+    /// Set by `Bus::publish_confirmed`: where each subscription reports its
+    /// outcome.
+    pub(crate) tracker: Option<Arc<crate::bus::Tracker>>,
 }
 
 impl<T> Message<T> {
@@ -362,8 +365,16 @@ impl<T> MessageBuilder<T> {
     /// fresh id (unless restored), and resolves a TTL into an expiry time
     /// counted from the creation time.
     pub fn build(self) -> Message<T> {
-        let timestamp = self.timestamp.unwrap_or_else(SystemTime::now);
-        let id = self.id.unwrap_or_else(MessageId::new);
+        // One clock reading serves both the id and the timestamp (ids always
+        // follow the real clock, even when a timestamp is given).
+        let (id, timestamp) = match (self.id, self.timestamp) {
+            (Some(id), Some(at)) => (id, at),
+            (None, Some(at)) => (MessageId::new(), at),
+            (id, None) => {
+                let now = SystemTime::now();
+                (id.unwrap_or_else(|| MessageId::at(now)), now)
+            }
+        };
         let expires_at = match self.expiry {
             Expiry::Never => None,
             // A TTL so long that the time overflows never expires.
@@ -384,6 +395,7 @@ impl<T> MessageBuilder<T> {
             to: self.to,
             reply_to: self.reply_to,
             attempt: self.attempt,
+            tracker: None,
         }
     }
 

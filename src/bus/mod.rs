@@ -1,0 +1,1058 @@
+//! The bus: publish, subscribe, shutdown.
+//!
+//! # Data flow
+//!
+//! `publish` checks the bus is open, parses the topic (or takes a parsed
+//! one), builds one `Arc<Message<T>>`, loads the registry snapshot (no
+//! lock) and walks the matcher. Each matched subscription gets the shared
+//! `Arc` pushed into its mailbox lane by its overflow policy; the push that
+//! finds the mailbox idle puts one of its runners on the worker pool's run
+//! queue (exactly once, see [`crate::mailbox`]'s state machine). A worker
+//! runs a batch of the subscription's messages, high lane first, settles each
+//! (handled, failed, panicked, expired) and reschedules the runner if work
+//! remains. Queue groups are resolved after the walk: one member per group.
+//!
+//! # Accounting
+//!
+//! Every message routed to a subscription ends in exactly one
+//! [`Outcome`], counted per subscription ([`SubStats`]) and in total
+//! ([`BusStats`]). Once the bus is quiet, `delivered == settled()` for every
+//! subscription.
+//!
+//! # Shutdown
+//!
+//! open → draining (publishes and subscribes fail with `Closed`; paused
+//! subscriptions resume; the workers drain every mailbox) → drained (every
+//! mailbox closes; what is left, only when the timeout passed, counts as
+//! dropped with reason `Shutdown`) → closed (workers joined). Pull receivers
+//! keep what was queued for them.
+
+mod confirm;
+mod error;
+mod options;
+mod receiver;
+mod stats;
+mod sub;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use smallvec::SmallVec;
+
+use crate::mailbox::lanes::OverflowPolicy;
+use crate::message::{Message, MessageBuilder, PayloadSize, PayloadTooLarge};
+use crate::pool::Pool;
+use crate::registry::Registry;
+use crate::sync::atomic::{AtomicU8, Ordering};
+use crate::sync::Mutex;
+use crate::topic::Limits;
+
+pub(crate) use confirm::Tracker;
+pub use confirm::{Confirmation, Delivery};
+pub use error::{
+    BuildError, PublishError, RecvError, RecvTimeoutError, ShutdownError, SubscribeError,
+    TryRecvError,
+};
+pub use options::{GroupStrategy, IntoTopic, PatternArg, SubscribeOptions, Subscription};
+pub use receiver::Receiver;
+pub use stats::{BusStats, Counts, DropReason, Drops, Outcome, Receipt, SubStats};
+
+use options::Handle;
+use stats::{Publishes, Totals};
+use sub::{Group, HandlerFn, Make, Offered, Spec, Sub};
+
+/// A handler's error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a handler may return: `()` (it cannot fail) or
+/// `Result<(), E>` for any error `E` convertible into a [`BoxError`]
+/// (`std::io::Error`, `String`, `&str`, your own error type, …).
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, Message};
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let _quiet = bus.subscribe("a", |_m: &Message<u32>| {})?;
+/// let _picky = bus.subscribe("a", |m: &Message<u32>| {
+///     if *m.payload() > 9 { Err("too big") } else { Ok(()) }
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait HandlerResult {
+    /// The result as the bus records it.
+    ///
+    /// # Errors
+    ///
+    /// The handler's error, boxed.
+    fn into_result(self) -> Result<(), BoxError>;
+}
+
+impl HandlerResult for () {
+    #[inline]
+    fn into_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError>> HandlerResult for Result<(), E> {
+    #[inline]
+    fn into_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+const OPEN: u8 = 0;
+const DRAINING: u8 = 1;
+const DRAINED: u8 = 2;
+const CLOSED: u8 = 3;
+
+/// The default lane capacity.
+pub const DEFAULT_CAPACITY: usize = 1024;
+/// The default number of messages a worker handles per turn.
+pub const DEFAULT_BATCH: usize = 64;
+/// The default timeout of the shutdown run when the last handle drops.
+pub const DEFAULT_DROP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Checks a payload's size; set by [`BusBuilder::max_payload`].
+type SizeCheck<T> = fn(&T, usize) -> Result<(), PayloadTooLarge>;
+
+/// Configures and builds a [`Bus`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Bus, Limits, OverflowPolicy, DEFAULT_MAX_PAYLOAD};
+///
+/// let bus = Bus::<Vec<u8>>::builder()
+///     .workers(4)
+///     .capacity(4096)
+///     .overflow(OverflowPolicy::DropOldest)
+///     .limits(Limits { max_len: 512, max_depth: 16 })
+///     .max_payload(DEFAULT_MAX_PAYLOAD)
+///     .drop_timeout(Duration::from_secs(1))
+///     .build()?;
+/// # drop(bus);
+/// # Ok::<(), topicbus::BuildError>(())
+/// ```
+#[must_use]
+pub struct BusBuilder<T> {
+    workers: Option<usize>,
+    capacity: usize,
+    overflow: OverflowPolicy,
+    batch: usize,
+    limits: Limits,
+    max_payload: Option<(usize, SizeCheck<T>)>,
+    drop_timeout: Duration,
+}
+
+impl<T> std::fmt::Debug for BusBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("workers", &self.workers)
+            .field("capacity", &self.capacity)
+            .field("overflow", &self.overflow)
+            .field("batch", &self.batch)
+            .field("limits", &self.limits)
+            .field("max_payload", &self.max_payload.map(|(n, _)| n))
+            .field("drop_timeout", &self.drop_timeout)
+            .finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> BusBuilder<T> {
+    fn new() -> Self {
+        Self {
+            workers: None,
+            capacity: DEFAULT_CAPACITY,
+            overflow: OverflowPolicy::Block {
+                timeout: Duration::from_secs(1),
+            },
+            batch: DEFAULT_BATCH,
+            limits: Limits::DEFAULT,
+            max_payload: None,
+            drop_timeout: DEFAULT_DROP_TIMEOUT,
+        }
+    }
+
+    /// Worker threads (default: the available cores).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Default lane capacity of each subscription (default 1,024 per lane).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Default overflow policy (default: block the publisher up to one
+    /// second, then drop the message, counted as
+    /// [`Timeout`](DropReason::Timeout)).
+    pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
+        self.overflow = policy;
+        self
+    }
+
+    /// Default messages per worker turn (default 64): higher favours
+    /// throughput, lower fairness between subscriptions.
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Topic and pattern limits (default 255 bytes, 32 levels).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long dropping the last handle waits for the shutdown (default
+    /// five seconds).
+    pub fn drop_timeout(mut self, timeout: Duration) -> Self {
+        self.drop_timeout = timeout;
+        self
+    }
+
+    /// Rejects payloads larger than `max` bytes with
+    /// [`PublishError::PayloadTooLarge`]. Available for byte-like payloads
+    /// ([`PayloadSize`]); [`DEFAULT_MAX_PAYLOAD`](crate::DEFAULT_MAX_PAYLOAD)
+    /// (1 MiB) is the conventional value. Without it the bus does not measure
+    /// payloads.
+    pub fn max_payload(mut self, max: usize) -> Self
+    where
+        T: PayloadSize,
+    {
+        self.max_payload = Some((max, |p, max| crate::message::check_payload_size(p, max)));
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Config`] for a zero capacity, batch or worker count;
+    /// [`BuildError::Spawn`] when a worker thread cannot start.
+    pub fn build(self) -> Result<Bus<T>, BuildError> {
+        let capacity = NonZeroUsize::new(self.capacity)
+            .ok_or(BuildError::Config("capacity must be at least 1"))?;
+        if self.batch == 0 {
+            return Err(BuildError::Config("batch must be at least 1"));
+        }
+        let workers = match self.workers {
+            Some(0) => return Err(BuildError::Config("workers must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        };
+        let inner = Arc::new(Inner {
+            registry: Registry::new(),
+            pool: Pool::new(workers)?,
+            state: AtomicU8::new(OPEN),
+            limits: self.limits,
+            capacity,
+            overflow: self.overflow,
+            batch: self.batch,
+            max_payload: self.max_payload,
+            publishes: Publishes::new(),
+            groups: Mutex::new(HashMap::new()),
+            retired: Arc::new(Mutex::new(Totals::default())),
+            report: Mutex::new(None),
+        });
+        Ok(Bus {
+            handle: Arc::new(BusHandle {
+                inner,
+                drop_timeout: self.drop_timeout,
+            }),
+        })
+    }
+}
+
+/// What a shutdown did.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Bus, Message};
+/// let bus = Bus::<u32>::builder().workers(2).build()?;
+/// let _s = bus.subscribe("work", |_m: &Message<u32>| ())?;
+/// for i in 0..100 { bus.publish("work", i)?; }
+/// let report = bus.shutdown(Duration::from_secs(10))?;
+/// assert!(report.is_clean());
+/// assert_eq!(report.dropped, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Messages settled while draining (handled, failed, expired, …).
+    pub drained: u64,
+    /// Messages left when the timeout passed, counted as dropped with reason
+    /// [`Shutdown`](DropReason::Shutdown).
+    pub dropped: u64,
+    /// Messages still waiting in pull receivers (they can still take them).
+    pub left_in_receivers: u64,
+    /// True when the mailboxes did not drain before the timeout.
+    pub timed_out: bool,
+    /// True when every worker thread exited and was joined; false when a
+    /// handler still ran at the deadline (its thread exits when it returns).
+    pub workers_joined: bool,
+    /// How long the shutdown took.
+    pub elapsed: Duration,
+}
+
+impl ShutdownReport {
+    /// Drained in time, nothing dropped, every worker joined.
+    pub fn is_clean(&self) -> bool {
+        !self.timed_out && self.dropped == 0 && self.workers_joined
+    }
+}
+
+/// The shared state behind every handle.
+pub(crate) struct Inner<T> {
+    registry: Registry<Arc<Sub<T>>>,
+    pub(crate) pool: Pool,
+    state: AtomicU8,
+    limits: Limits,
+    capacity: NonZeroUsize,
+    overflow: OverflowPolicy,
+    batch: usize,
+    max_payload: Option<(usize, SizeCheck<T>)>,
+    publishes: Publishes,
+    groups: Mutex<HashMap<String, Weak<Group>>>,
+    retired: Arc<Mutex<Totals>>,
+    /// The first shutdown's report; held while it runs, so a concurrent
+    /// shutdown waits for it.
+    report: Mutex<Option<ShutdownReport>>,
+}
+
+/// The counted owner of the bus: the last one dropped shuts it down.
+struct BusHandle<T: Send + Sync + 'static> {
+    inner: Arc<Inner<T>>,
+    drop_timeout: Duration,
+}
+
+impl<T: Send + Sync + 'static> Drop for BusHandle<T> {
+    fn drop(&mut self) {
+        let inner = Arc::clone(&self.inner);
+        if sub::in_handler_of(inner.addr()) {
+            // A handler dropped the last handle: it cannot wait for itself,
+            // so another thread shuts down (once the handler returns).
+            let timeout = self.drop_timeout;
+            let spawned = std::thread::Builder::new()
+                .name("topicbus-shutdown".into())
+                .spawn(move || {
+                    let _ = inner.shutdown(timeout);
+                });
+            if spawned.is_err() {
+                // No thread to spare: at least stop accepting messages.
+                self.inner.state.store(DRAINING, Ordering::SeqCst);
+            }
+        } else {
+            let _ = inner.shutdown(self.drop_timeout);
+        }
+    }
+}
+
+/// A topic-routed message bus. Cheap to clone: every clone is a handle to
+/// the same bus; the last one dropped shuts it down.
+///
+/// Handlers that publish should hold a [`WeakBus`] (from
+/// [`downgrade`](Self::downgrade)), not a `Bus`: a handler is owned by the
+/// bus, so a `Bus` inside it keeps the bus alive for ever.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Bus, Message};
+///
+/// let bus = Bus::<String>::builder().workers(2).build()?;
+/// let orders = bus.subscribe("orders.*.created", |m: &Message<String>| {
+///     println!("new order in {}: {}", m.topic(), m.payload());
+/// })?;
+/// let audit = bus.receiver("orders.#")?;
+///
+/// let receipt = bus.publish("orders.eu.created", "order 1".to_string())?;
+/// assert_eq!(receipt.matched, 2);
+/// assert_eq!(audit.recv()?.payload(), "order 1");
+///
+/// let report = bus.shutdown(Duration::from_secs(5))?;
+/// assert!(report.is_clean());
+/// assert_eq!(orders.stats().handled, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Bus<T: Send + Sync + 'static> {
+    handle: Arc<BusHandle<T>>,
+}
+
+impl<T: Send + Sync + 'static> Clone for Bus<T> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: Arc::clone(&self.handle),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> std::fmt::Debug for Bus<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.handle.inner;
+        f.debug_struct("Bus")
+            .field("state", &inner.state.load(Ordering::Relaxed))
+            .field("subscriptions", &inner.registry.load().len())
+            .field("pool", &inner.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle that does not keep the bus alive; see [`Bus::downgrade`].
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, Message};
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let weak = bus.downgrade();
+/// // A handler that republishes holds the weak handle.
+/// let _relay = bus.subscribe("in", move |m: &Message<u32>| {
+///     if let Some(bus) = weak.upgrade() {
+///         let _ = bus.publish("out", m.payload() + 1);
+///     }
+/// })?;
+/// let out = bus.receiver("out")?;
+/// bus.publish("in", 1)?;
+/// assert_eq!(*out.recv()?.payload(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct WeakBus<T: Send + Sync + 'static> {
+    handle: Weak<BusHandle<T>>,
+}
+
+impl<T: Send + Sync + 'static> Clone for WeakBus<T> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: Weak::clone(&self.handle),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> std::fmt::Debug for WeakBus<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakBus").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + Sync + 'static> WeakBus<T> {
+    /// A `Bus` handle, unless every strong handle is gone.
+    pub fn upgrade(&self) -> Option<Bus<T>> {
+        self.handle.upgrade().map(|handle| Bus { handle })
+    }
+}
+
+/// A batch publish's totals.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, Topic};
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let rx = bus.receiver("t.*")?;
+/// let t = Topic::parse("t.x")?;
+/// let r = bus.publish_batch((0..10).map(|i| (&t, i)))?;
+/// assert_eq!((r.published, r.enqueued), (10, 10));
+/// assert_eq!(rx.try_iter().count(), 10);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchReceipt {
+    /// Messages published.
+    pub published: u64,
+    /// Summed over the messages, as in [`Receipt`].
+    pub matched: u64,
+    /// Summed over the messages.
+    pub enqueued: u64,
+    /// Summed over the messages.
+    pub dropped: u64,
+    /// Summed over the messages (a batch does not stop on rejection).
+    pub rejected: u64,
+}
+
+impl BatchReceipt {
+    fn add(&mut self, r: &Receipt) {
+        self.published += 1;
+        self.matched += u64::from(r.matched);
+        self.enqueued += u64::from(r.enqueued);
+        self.dropped += u64::from(r.dropped);
+        self.rejected += u64::from(r.rejected);
+    }
+}
+
+/// A batch publish that stopped early.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, PublishError};
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let err = bus.publish_batch([("ok", 1), ("bad.*", 2), ("ok", 3)]).unwrap_err();
+/// assert_eq!(err.done.published, 1);
+/// assert!(matches!(err.error, PublishError::Topic(_)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("batch stopped after {} message(s): {error}", done.published)]
+#[non_exhaustive]
+pub struct BatchError {
+    /// What was published before the failing item.
+    pub done: BatchReceipt,
+    /// Why the failing item (and the rest) were not published.
+    pub error: PublishError,
+}
+
+impl<T: Send + Sync + 'static> Bus<T> {
+    /// A builder with the defaults: one worker per core, lanes of 1,024,
+    /// block-then-drop overflow (one second), default limits.
+    pub fn builder() -> BusBuilder<T> {
+        BusBuilder::new()
+    }
+
+    /// A handle that does not keep the bus alive.
+    pub fn downgrade(&self) -> WeakBus<T> {
+        WeakBus {
+            handle: Arc::downgrade(&self.handle),
+        }
+    }
+
+    fn inner(&self) -> &Arc<Inner<T>> {
+        &self.handle.inner
+    }
+
+    /// Publishes `payload` on `topic` with default envelope (normal
+    /// priority, no expiry). Lock-free; allocates one `Arc<Message<T>>`
+    /// (plus the topic text when `topic` is a `&str`). May block only when a
+    /// matched subscription's policy is [`OverflowPolicy::Block`] and its
+    /// lane is full.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Topic`] for an invalid topic,
+    /// [`PublishError::PayloadTooLarge`] above the payload limit,
+    /// [`PublishError::Closed`] once shutdown began (nothing published in
+    /// these cases), [`PublishError::Rejected`] when a subscription with
+    /// policy `Reject` was full (the others got the message).
+    #[inline]
+    pub fn publish(&self, topic: impl IntoTopic, payload: T) -> Result<Receipt, PublishError> {
+        let inner = self.inner();
+        let entered = inner.publishes.enter();
+        inner.check_open()?;
+        let topic = topic.into_topic(&inner.limits)?;
+        inner.check_payload(&payload)?;
+        let msg = Arc::new(Message::builder(topic, payload).build());
+        let receipt = inner.dispatch(&inner.registry.load(), &msg);
+        entered.commit();
+        Receipt::into_result(receipt)
+    }
+
+    /// Publishes a message built with [`Message::builder`] (headers,
+    /// priority, expiry, correlation, addressing). Takes a builder or a
+    /// built message.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Priority, Topic};
+    /// let bus = Bus::<&str>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("jobs.#")?;
+    /// bus.publish_message(
+    ///     Message::builder(Topic::parse("jobs.urgent")?, "reboot")
+    ///         .priority(Priority::High)
+    ///         .ttl(Duration::from_secs(60))
+    ///         .header("requested-by", "ops"),
+    /// )?;
+    /// let m = rx.recv()?;
+    /// assert_eq!(m.headers().get("requested-by"), Some("ops"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publish_message(&self, message: impl Into<Message<T>>) -> Result<Receipt, PublishError> {
+        let inner = self.inner();
+        let entered = inner.publishes.enter();
+        inner.check_open()?;
+        let msg = inner.admit(message.into())?;
+        let receipt = inner.dispatch(&inner.registry.load(), &msg);
+        entered.commit();
+        Receipt::into_result(receipt)
+    }
+
+    /// Publishes several messages with one snapshot load. Stops at the first
+    /// invalid item (or at shutdown); a rejection does not stop it (see
+    /// [`BatchReceipt::rejected`]).
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError`] with what was published before the failing item and
+    /// why it failed.
+    pub fn publish_batch<K: IntoTopic>(
+        &self,
+        items: impl IntoIterator<Item = (K, T)>,
+    ) -> Result<BatchReceipt, BatchError> {
+        let inner = self.inner();
+        let mut done = BatchReceipt::default();
+        let fail = |done, error| Err(BatchError { done, error });
+        let snapshot = inner.registry.load();
+        for (topic, payload) in items {
+            let entered = inner.publishes.enter();
+            if let Err(e) = inner.check_open() {
+                return fail(done, e);
+            }
+            let msg = match topic.into_topic(&inner.limits) {
+                Ok(topic) => match inner.check_payload(&payload) {
+                    Ok(()) => Arc::new(Message::builder(topic, payload).build()),
+                    Err(e) => return fail(done, e),
+                },
+                Err(e) => return fail(done, e.into()),
+            };
+            done.add(&inner.dispatch(&snapshot, &msg));
+            entered.commit();
+        }
+        Ok(done)
+    }
+
+    /// Publishes and waits until every matched subscription settled the
+    /// message (handled, failed, …) or `timeout` passed; reports each
+    /// outcome.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish), except that a rejection is reported in
+    /// the confirmation as [`DropReason::Rejected`], not as an error.
+    pub fn publish_confirmed(
+        &self,
+        topic: impl IntoTopic,
+        payload: T,
+        timeout: Duration,
+    ) -> Result<Confirmation, PublishError> {
+        let inner = self.inner();
+        let entered = inner.publishes.enter();
+        inner.check_open()?;
+        let topic = topic.into_topic(&inner.limits)?;
+        inner.check_payload(&payload)?;
+        let deadline = Instant::now().checked_add(timeout);
+        let tracker = Arc::new(Tracker::new());
+        let mut msg = Message::builder(topic, payload).build();
+        msg.tracker = Some(Arc::clone(&tracker));
+        let msg = Arc::new(msg);
+        let receipt = inner.dispatch(&inner.registry.load(), &msg);
+        entered.commit();
+        drop(msg);
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(31_536_000));
+        Ok(tracker.wait(receipt.id, receipt.matched as usize, deadline))
+    }
+
+    /// Subscribes `handler` to `pattern`, run on the worker pool with the
+    /// bus's default options.
+    ///
+    /// # Errors
+    ///
+    /// [`SubscribeError::Pattern`] for an invalid pattern,
+    /// [`SubscribeError::Closed`] once shutdown began.
+    pub fn subscribe<F, R>(
+        &self,
+        pattern: impl Into<PatternArg>,
+        handler: F,
+    ) -> Result<Subscription, SubscribeError>
+    where
+        F: Fn(&Message<T>) -> R + Send + Sync + 'static,
+        R: HandlerResult,
+    {
+        self.subscribe_with(SubscribeOptions::new().pattern(pattern), handler)
+    }
+
+    /// Subscribes `handler` with explicit options (several patterns,
+    /// capacity, overflow policy, concurrency, queue group, inline, paused).
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Self::subscribe), plus
+    /// [`SubscribeError::NoPatterns`], [`SubscribeError::Options`] for a zero
+    /// capacity, batch or concurrency or concurrency on an inline handler,
+    /// and [`SubscribeError::GroupStrategy`] when the queue group exists with
+    /// another strategy.
+    pub fn subscribe_with<F, R>(
+        &self,
+        options: SubscribeOptions,
+        handler: F,
+    ) -> Result<Subscription, SubscribeError>
+    where
+        F: Fn(&Message<T>) -> R + Send + Sync + 'static,
+        R: HandlerResult,
+    {
+        let handler: HandlerFn<T> = Box::new(move |m| handler(m).into_result());
+        let make = if options.inline {
+            if options.concurrency.is_some() {
+                return Err(SubscribeError::Options(
+                    "an inline handler runs on its publishers' threads: concurrency does not apply",
+                ));
+            }
+            Make::Inline(handler)
+        } else {
+            match options.concurrency {
+                Some(0) => return Err(SubscribeError::Options("concurrency must be at least 1")),
+                c => Make::Callback(handler, c.unwrap_or(1)),
+            }
+        };
+        let sub = self.inner().add(self.inner(), &options, make)?;
+        let id = sub.id;
+        Ok(Subscription::new(
+            id,
+            Box::new(Handle {
+                sub,
+                bus: Arc::downgrade(self.inner()),
+            }),
+        ))
+    }
+
+    /// A pull subscription to `pattern` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Self::subscribe).
+    pub fn receiver(&self, pattern: impl Into<PatternArg>) -> Result<Receiver<T>, SubscribeError> {
+        self.receiver_with(SubscribeOptions::new().pattern(pattern))
+    }
+
+    /// A pull subscription with explicit options (concurrency and inline do
+    /// not apply).
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe_with`](Self::subscribe_with).
+    pub fn receiver_with(&self, options: SubscribeOptions) -> Result<Receiver<T>, SubscribeError> {
+        if options.inline || options.concurrency.is_some() {
+            return Err(SubscribeError::Options(
+                "a receiver has no handler: inline and concurrency do not apply",
+            ));
+        }
+        let sub = self.inner().add(self.inner(), &options, Make::Pull)?;
+        Ok(Receiver::new(Handle {
+            sub,
+            bus: Arc::downgrade(self.inner()),
+        }))
+    }
+
+    /// Counters of every subscription and in total.
+    pub fn stats(&self) -> BusStats {
+        let inner = self.inner();
+        let subs: Vec<SubStats> = inner
+            .registry
+            .load()
+            .entries()
+            .map(|e| e.value().stats())
+            .collect();
+        let retired = inner.retired.lock();
+        BusStats::new(
+            inner.publishes.published(),
+            subs,
+            &retired,
+            inner.pool.panics(),
+        )
+    }
+
+    /// Shuts the bus down gracefully: stops accepting, drains every
+    /// mailbox, closes them, joins the workers, all within `timeout`, and
+    /// reports what happened. Idempotent: later calls return the first
+    /// call's report.
+    ///
+    /// # Errors
+    ///
+    /// [`ShutdownError::InHandler`] when called from a handler of this bus.
+    pub fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ShutdownError> {
+        self.inner().shutdown(timeout)
+    }
+
+    /// True until shutdown begins.
+    pub fn is_open(&self) -> bool {
+        self.inner().state.load(Ordering::Acquire) == OPEN
+    }
+}
+
+impl<T> From<MessageBuilder<T>> for Message<T> {
+    fn from(builder: MessageBuilder<T>) -> Self {
+        builder.build()
+    }
+}
+
+impl Receipt {
+    #[inline]
+    fn into_result(self) -> Result<Receipt, PublishError> {
+        if self.rejected > 0 {
+            Err(PublishError::Rejected { receipt: self })
+        } else {
+            Ok(self)
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Inner<T> {
+    fn addr(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Call after `publishes.enter()` (see [`Publishes`]).
+    #[inline]
+    fn check_open(&self) -> Result<(), PublishError> {
+        if self.state.load(Ordering::SeqCst) == OPEN {
+            Ok(())
+        } else {
+            Err(PublishError::Closed)
+        }
+    }
+
+    #[inline]
+    fn check_payload(&self, payload: &T) -> Result<(), PublishError> {
+        match self.max_payload {
+            Some((max, check)) => check(payload, max).map_err(Into::into),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a caller-built message against the bus's limits.
+    fn admit(&self, msg: Message<T>) -> Result<Arc<Message<T>>, PublishError> {
+        msg.topic().clone().into_topic(&self.limits)?;
+        self.check_payload(msg.payload())?;
+        Ok(Arc::new(msg))
+    }
+
+    /// Routes `msg` to every matching subscription of `snapshot`.
+    #[inline]
+    fn dispatch(
+        &self,
+        snapshot: &crate::registry::Snapshot<Arc<Sub<T>>>,
+        msg: &Arc<Message<T>>,
+    ) -> Receipt {
+        let mut receipt = Receipt::new(msg.id());
+        let mut grouped: SmallVec<[&Arc<Sub<T>>; 8]> = SmallVec::new();
+        snapshot.for_each_match(msg.topic(), |entry| {
+            let sub = entry.value();
+            if sub.group.is_some() {
+                grouped.push(sub);
+            } else {
+                self.offer(sub, msg, &mut receipt);
+            }
+        });
+        if !grouped.is_empty() {
+            self.dispatch_groups(&mut grouped, msg, &mut receipt);
+        }
+        receipt
+    }
+
+    #[inline]
+    fn offer(&self, sub: &Sub<T>, msg: &Arc<Message<T>>, receipt: &mut Receipt) {
+        receipt.matched += 1;
+        match sub.offer(&self.pool, msg) {
+            Offered::Enqueued => receipt.enqueued += 1,
+            Offered::Dropped => receipt.dropped += 1,
+            Offered::Rejected => receipt.rejected += 1,
+        }
+    }
+
+    /// One member per matched queue group.
+    #[cold]
+    fn dispatch_groups(
+        &self,
+        grouped: &mut [&Arc<Sub<T>>],
+        msg: &Arc<Message<T>>,
+        receipt: &mut Receipt,
+    ) {
+        let group_key = |s: &Arc<Sub<T>>| s.group.as_ref().map_or(0, |g| Arc::as_ptr(g) as usize);
+        grouped.sort_unstable_by_key(|s| (group_key(s), s.id));
+        for members in grouped.chunk_by(|a, b| group_key(a) == group_key(b)) {
+            let Some(group) = &members[0].group else {
+                continue;
+            };
+            let chosen = match group.strategy {
+                GroupStrategy::RoundRobin => {
+                    let turn = group.next.fetch_add(1, Ordering::Relaxed);
+                    members[turn % members.len()]
+                }
+                GroupStrategy::LeastLoaded => members
+                    .iter()
+                    .min_by_key(|s| s.depth())
+                    .copied()
+                    .unwrap_or(members[0]),
+            };
+            self.offer(chosen, msg, receipt);
+        }
+    }
+
+    /// Registers a subscription.
+    fn add(
+        &self,
+        me: &Arc<Inner<T>>,
+        options: &SubscribeOptions,
+        make: Make<T>,
+    ) -> Result<Arc<Sub<T>>, SubscribeError> {
+        let patterns = options.parse_patterns(&self.limits)?;
+        if patterns.is_empty() {
+            return Err(SubscribeError::NoPatterns);
+        }
+        let capacity = options
+            .lane_capacity(self.capacity)
+            .ok_or(SubscribeError::Options("capacity must be at least 1"))?;
+        let batch = options.batch.unwrap_or(self.batch);
+        if batch == 0 {
+            return Err(SubscribeError::Options("batch must be at least 1"));
+        }
+        let group = match &options.group {
+            None => None,
+            Some((name, strategy)) => Some(self.group(name, *strategy)?),
+        };
+        let mut created = None;
+        self.registry.update(|b| {
+            // Checked under the writer lock, which shutdown also takes: a
+            // subscription is either in the snapshot shutdown walks, or
+            // refused.
+            if self.state.load(Ordering::SeqCst) != OPEN {
+                return;
+            }
+            b.subscribe_with(patterns.iter().cloned(), |id| {
+                let spec = Spec {
+                    id,
+                    bus: Arc::as_ptr(me) as usize,
+                    patterns: patterns.clone().into_boxed_slice(),
+                    capacity,
+                    policy: options.overflow.unwrap_or(self.overflow),
+                    group,
+                    batch,
+                    paused: options.paused,
+                    retired: Arc::clone(&self.retired),
+                };
+                let sub = Sub::new(spec, make);
+                created = Some(Arc::clone(&sub));
+                sub
+            });
+        });
+        created.ok_or(SubscribeError::Closed)
+    }
+
+    /// The queue group `name`, created on first use.
+    fn group(&self, name: &str, strategy: GroupStrategy) -> Result<Arc<Group>, SubscribeError> {
+        let mut groups = self.groups.lock();
+        groups.retain(|_, g| g.strong_count() > 0);
+        if let Some(g) = groups.get(name).and_then(Weak::upgrade) {
+            return if g.strategy == strategy {
+                Ok(g)
+            } else {
+                Err(SubscribeError::GroupStrategy {
+                    group: name.to_owned(),
+                })
+            };
+        }
+        let g = Arc::new(Group {
+            strategy,
+            next: crate::sync::atomic::AtomicUsize::new(0),
+        });
+        groups.insert(name.to_owned(), Arc::downgrade(&g));
+        Ok(g)
+    }
+
+    /// Removes `sub` from the registry and closes it.
+    pub(crate) fn unsubscribe(&self, sub: &Sub<T>) {
+        self.registry.unsubscribe(sub.id);
+        sub.close(false, true);
+    }
+
+    fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ShutdownError> {
+        if sub::in_handler_of(self.addr()) {
+            return Err(ShutdownError::InHandler);
+        }
+        let mut report = self.report.lock();
+        if let Some(r) = &*report {
+            return Ok(r.clone());
+        }
+        let start = Instant::now();
+        let deadline = start.checked_add(timeout);
+        let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
+
+        // Open → draining, under the registry's writer lock (see `add`).
+        self.registry
+            .update(|_| self.state.store(DRAINING, Ordering::SeqCst));
+        let snapshot = self.registry.load();
+        let subs: Vec<&Arc<Sub<T>>> = snapshot.entries().map(|e| e.value()).collect();
+        let settled = |subs: &[&Arc<Sub<T>>]| -> (u64, u64) {
+            subs.iter().fold((0, 0), |(all, shut), s| {
+                let c = s.stats().counts;
+                (all + c.settled(), shut + c.dropped.shutdown)
+            })
+        };
+        let (settled_before, _) = settled(&subs);
+        for s in &subs {
+            if s.paused.load(Ordering::SeqCst) {
+                s.resume(&self.pool);
+            }
+        }
+
+        // Wait for the workers to drain every mailbox. Polled with a short
+        // backoff: shutdown is rare and a notification path would cost every
+        // worker turn.
+        let mut nap = Duration::from_micros(50);
+        let timed_out = loop {
+            // Publishes in flight first (none can start any more), then the
+            // mailboxes they filled.
+            if self.publishes.none_in_flight() && subs.iter().all(|s| s.is_quiescent()) {
+                break false;
+            }
+            if past(deadline) {
+                break true;
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(2));
+        };
+
+        // Drained: close every mailbox; workers stop calling handlers.
+        self.state.store(DRAINED, Ordering::SeqCst);
+        for s in &subs {
+            if s.is_pull() {
+                s.end();
+            } else {
+                s.close(true, false);
+            }
+        }
+        let join_by = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(31_536_000));
+        let workers_joined = self.pool.shutdown_until(join_by.max(Instant::now()));
+        // Final sweep: anything a stopped (or stuck) worker left behind.
+        for s in &subs {
+            if !s.is_pull() {
+                s.drain();
+            }
+            s.ended.store(true, Ordering::SeqCst);
+        }
+        self.state.store(CLOSED, Ordering::SeqCst);
+
+        let (settled_after, dropped) = settled(&subs);
+        let left_in_receivers = subs
+            .iter()
+            .filter(|s| s.is_pull())
+            .map(|s| s.depth() as u64)
+            .sum();
+        let r = ShutdownReport {
+            drained: settled_after - settled_before - dropped,
+            dropped,
+            left_in_receivers,
+            timed_out,
+            workers_joined,
+            elapsed: start.elapsed(),
+        };
+        *report = Some(r.clone());
+        Ok(r)
+    }
+}

@@ -1,0 +1,510 @@
+//! Accounting: outcomes, receipts and counter snapshots.
+
+use crate::message::MessageId;
+use crate::registry::SubscriptionId;
+use crate::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a message was dropped for a subscription. Every drop is counted
+/// under its reason.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{DropReason, Outcome};
+/// let o = Outcome::Dropped(DropReason::Newest);
+/// assert!(o.is_dropped() && !o.is_success());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The mailbox was full and the policy drops the new message.
+    Newest,
+    /// The mailbox was full and the policy evicted this (older) message.
+    Oldest,
+    /// The mailbox was full and the policy rejects: the publisher got an error.
+    Rejected,
+    /// The mailbox stayed full for the whole blocking timeout.
+    Timeout,
+    /// An inline subscription was paused.
+    Paused,
+    /// The subscription went away with the message still queued.
+    Unsubscribed,
+    /// The bus shut down before the message could be handled.
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Newest,
+        DropReason::Oldest,
+        DropReason::Rejected,
+        DropReason::Timeout,
+        DropReason::Paused,
+        DropReason::Unsubscribed,
+        DropReason::Shutdown,
+    ];
+
+    /// A short lower-case name, for logs and metric labels.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(topicbus::DropReason::Newest.as_str(), "newest");
+    /// ```
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Newest => "newest",
+            DropReason::Oldest => "oldest",
+            DropReason::Rejected => "rejected",
+            DropReason::Timeout => "timeout",
+            DropReason::Paused => "paused",
+            DropReason::Unsubscribed => "unsubscribed",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The terminal outcome of one message for one subscription: exactly one per
+/// delivery.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::Outcome;
+/// assert!(Outcome::Handled.is_success());
+/// assert!(Outcome::Received.is_success());
+/// assert!(!Outcome::Panicked.is_success());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The handler returned `Ok`.
+    Handled,
+    /// A pull receiver took the message.
+    Received,
+    /// The handler returned an error.
+    Failed,
+    /// The handler panicked (the worker lived on).
+    Panicked,
+    /// The message expired before its turn; the handler never saw it.
+    Expired,
+    /// Dropped, for the reason given.
+    Dropped(DropReason),
+}
+
+/// Number of distinct outcome counters.
+pub(crate) const OUTCOMES: usize = 5 + DropReason::ALL.len();
+
+impl Outcome {
+    /// The counter slot.
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Outcome::Handled => 0,
+            Outcome::Received => 1,
+            Outcome::Failed => 2,
+            Outcome::Panicked => 3,
+            Outcome::Expired => 4,
+            Outcome::Dropped(r) => 5 + r as usize,
+        }
+    }
+
+    /// Handled or received.
+    pub const fn is_success(self) -> bool {
+        matches!(self, Outcome::Handled | Outcome::Received)
+    }
+
+    /// Dropped for any reason.
+    pub const fn is_dropped(self) -> bool {
+        matches!(self, Outcome::Dropped(_))
+    }
+}
+
+/// What one publish did.
+///
+/// `matched` counts the subscriptions the message was routed to (a queue
+/// group counts once); each of them either accepted the message
+/// (`enqueued`, which includes inline handlers that ran it), dropped it by
+/// policy (`dropped`), or rejected it (`rejected`, which makes the publish an
+/// error). What happens after acceptance is counted in [`SubStats`].
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::Bus;
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let receipt = bus.publish("nobody.listens", 7)?;
+/// assert_eq!((receipt.matched, receipt.enqueued), (0, 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Receipt {
+    /// The published message's id.
+    pub id: MessageId,
+    /// Subscriptions (queue groups count once) the message was routed to.
+    pub matched: u32,
+    /// Of those, how many accepted it.
+    pub enqueued: u32,
+    /// Of those, how many dropped it by their overflow policy.
+    pub dropped: u32,
+    /// Of those, how many rejected it (overflow policy `Reject`).
+    pub rejected: u32,
+}
+
+impl Receipt {
+    pub(crate) fn new(id: MessageId) -> Self {
+        Self {
+            id,
+            matched: 0,
+            enqueued: 0,
+            dropped: 0,
+            rejected: 0,
+        }
+    }
+}
+
+/// Drop counters, one per [`DropReason`].
+///
+/// # Examples
+///
+/// ```
+/// let d = topicbus::Drops::default();
+/// assert_eq!(d.total(), 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drops {
+    /// [`DropReason::Newest`].
+    pub newest: u64,
+    /// [`DropReason::Oldest`].
+    pub oldest: u64,
+    /// [`DropReason::Rejected`].
+    pub rejected: u64,
+    /// [`DropReason::Timeout`].
+    pub timeout: u64,
+    /// [`DropReason::Paused`].
+    pub paused: u64,
+    /// [`DropReason::Unsubscribed`].
+    pub unsubscribed: u64,
+    /// [`DropReason::Shutdown`].
+    pub shutdown: u64,
+}
+
+impl Drops {
+    /// All drops.
+    pub fn total(&self) -> u64 {
+        self.newest
+            + self.oldest
+            + self.rejected
+            + self.timeout
+            + self.paused
+            + self.unsubscribed
+            + self.shutdown
+    }
+
+    /// The counter for `reason`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{DropReason, Drops};
+    /// assert_eq!(Drops::default().get(DropReason::Shutdown), 0);
+    /// ```
+    pub fn get(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::Newest => self.newest,
+            DropReason::Oldest => self.oldest,
+            DropReason::Rejected => self.rejected,
+            DropReason::Timeout => self.timeout,
+            DropReason::Paused => self.paused,
+            DropReason::Unsubscribed => self.unsubscribed,
+            DropReason::Shutdown => self.shutdown,
+        }
+    }
+}
+
+/// Counters of one subscription, or summed over several.
+///
+/// Conservation (DESIGN invariant 7): once the bus is quiet,
+/// `delivered == settled()`, and at any time
+/// `delivered == settled() + in flight` where in flight is what waits in the
+/// mailbox or runs right now.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::Bus;
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let sub = bus.subscribe("jobs.#", |_m: &topicbus::Message<u32>| ())?;
+/// bus.publish("jobs.a", 1)?;
+/// bus.shutdown(std::time::Duration::from_secs(5))?;
+/// let s = sub.stats();
+/// assert_eq!((s.delivered, s.handled, s.settled()), (1, 1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counts {
+    /// Messages routed to the subscription(s).
+    pub delivered: u64,
+    /// Handler returned `Ok`.
+    pub handled: u64,
+    /// Taken by a pull receiver.
+    pub received: u64,
+    /// Handler returned an error.
+    pub failed: u64,
+    /// Handler panicked.
+    pub panicked: u64,
+    /// Expired before delivery.
+    pub expired: u64,
+    /// Dropped, by reason.
+    pub dropped: Drops,
+}
+
+impl Counts {
+    pub(crate) fn from_raw(delivered: u64, o: &[u64; OUTCOMES]) -> Self {
+        Self {
+            delivered,
+            handled: o[0],
+            received: o[1],
+            failed: o[2],
+            panicked: o[3],
+            expired: o[4],
+            dropped: Drops {
+                newest: o[5],
+                oldest: o[6],
+                rejected: o[7],
+                timeout: o[8],
+                paused: o[9],
+                unsubscribed: o[10],
+                shutdown: o[11],
+            },
+        }
+    }
+
+    /// Messages with a terminal outcome.
+    pub fn settled(&self) -> u64 {
+        self.handled
+            + self.received
+            + self.failed
+            + self.panicked
+            + self.expired
+            + self.dropped.total()
+    }
+}
+
+/// A snapshot of one subscription's counters and mailbox.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::Bus;
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let rx = bus.receiver("a.*")?;
+/// bus.publish("a.b", 1)?;
+/// let s = rx.stats();
+/// assert_eq!((s.counts.delivered, s.queued.iter().sum::<usize>()), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubStats {
+    /// The subscription.
+    pub id: SubscriptionId,
+    /// Its counters.
+    pub counts: Counts,
+    /// Messages waiting per lane: high, normal, low.
+    pub queued: [usize; 3],
+    /// The counters as read, for summing.
+    raw: Totals,
+}
+
+impl SubStats {
+    pub(crate) fn new(
+        id: SubscriptionId,
+        delivered: u64,
+        outcomes: [u64; OUTCOMES],
+        queued: [usize; 3],
+    ) -> Self {
+        Self {
+            id,
+            counts: Counts::from_raw(delivered, &outcomes),
+            queued,
+            raw: Totals {
+                delivered,
+                outcomes,
+            },
+        }
+    }
+}
+
+impl std::ops::Deref for SubStats {
+    type Target = Counts;
+    fn deref(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+/// Raw counters summed over subscriptions (also those that no longer exist,
+/// so bus totals stay whole).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    delivered: u64,
+    outcomes: [u64; OUTCOMES],
+}
+
+impl Totals {
+    pub(crate) fn add(&mut self, delivered: u64, outcomes: &[u64; OUTCOMES]) {
+        self.delivered += delivered;
+        for (t, o) in self.outcomes.iter_mut().zip(outcomes) {
+            *t += o;
+        }
+    }
+}
+
+/// A snapshot of the whole bus.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::Bus;
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let _rx = bus.receiver("#")?;
+/// bus.publish("a", 1)?;
+/// let stats = bus.stats();
+/// assert_eq!((stats.published, stats.total.delivered), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Messages accepted by `publish` (each counted once, however many
+    /// subscriptions it reached).
+    pub published: u64,
+    /// Every live subscription.
+    pub subscriptions: Vec<SubStats>,
+    /// Summed over every subscription the bus ever had.
+    pub total: Counts,
+    /// Handler panics caught by the workers outside any handler (a bug in
+    /// topicbus if ever non-zero).
+    pub worker_panics: u64,
+}
+
+impl BusStats {
+    pub(crate) fn new(
+        published: u64,
+        subscriptions: Vec<SubStats>,
+        retired: &Totals,
+        worker_panics: u64,
+    ) -> Self {
+        let mut sum = *retired;
+        for s in &subscriptions {
+            sum.add(s.raw.delivered, &s.raw.outcomes);
+        }
+        Self {
+            published,
+            subscriptions,
+            total: Counts::from_raw(sum.delivered, &sum.outcomes),
+            worker_panics,
+        }
+    }
+}
+
+/// Per-thread-slot publish counters: how many publishes entered, and how
+/// many of them published or gave up. Striped so publishers on different
+/// threads do not share a cache line; summed on read.
+///
+/// Shutdown uses them to wait for publishes in flight: a publish
+/// increments `entered` (SeqCst) before it checks the bus is open, and
+/// shutdown marks the bus draining (SeqCst) before it reads the stripes, so
+/// either the publish sees the bus draining and gives up, or shutdown sees
+/// it entered and waits until it leaves.
+#[derive(Debug)]
+pub(crate) struct Publishes {
+    stripes: Box<[super::sub::Padded<Stripe>]>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stripe {
+    entered: AtomicU64,
+    published: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+const STRIPES: usize = 16;
+
+thread_local! {
+    static SLOT: usize = next_slot();
+}
+
+fn next_slot() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES
+}
+
+/// One publish in flight; dropped without [`commit`](Self::commit) it
+/// counts as abandoned.
+pub(crate) struct Entered<'a> {
+    stripe: &'a Stripe,
+    committed: bool,
+}
+
+impl Entered<'_> {
+    /// The message was published.
+    #[inline]
+    pub(crate) fn commit(mut self) {
+        self.committed = true;
+        self.stripe.published.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.committed {
+            self.stripe.abandoned.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+impl Publishes {
+    pub(crate) fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES)
+                .map(|_| super::sub::Padded(Stripe::default()))
+                .collect(),
+        }
+    }
+
+    /// Registers a publish in flight. Check that the bus is open after this.
+    #[inline]
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        let stripe = &self.stripes[SLOT.with(|s| *s)].0;
+        stripe.entered.fetch_add(1, Ordering::SeqCst);
+        Entered {
+            stripe,
+            committed: false,
+        }
+    }
+
+    /// Messages published.
+    pub(crate) fn published(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.published.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// True when no publish is in flight. Read after marking the bus
+    /// draining (SeqCst), it stays true: later publishes give up.
+    pub(crate) fn none_in_flight(&self) -> bool {
+        self.stripes.iter().all(|s| {
+            let s = &s.0;
+            // Leaves first, then entries: a publish that leaves in between
+            // makes the entries look larger, never smaller.
+            let left = s.published.load(Ordering::Acquire) + s.abandoned.load(Ordering::Acquire);
+            left == s.entered.load(Ordering::SeqCst)
+        })
+    }
+}
