@@ -137,3 +137,44 @@ fn the_counter_sees_allocations() {
     });
     assert_eq!(allocs, 1);
 }
+
+/// Publishing with a parsed topic allocates exactly the one shared
+/// `Arc<Message<T>>`, however many subscriptions it fans out to (DESIGN
+/// invariant 1): the mailboxes hold clones of the `Arc`, and scheduling a
+/// mailbox reuses its runner. Pull receivers and inline handlers keep every
+/// allocation on this thread.
+#[test]
+fn publish_allocates_one_arc_message() {
+    use topicbus::{Bus, Message, SubscribeOptions};
+
+    let bus = Bus::<u64>::builder().workers(1).build().unwrap();
+    let receivers: Vec<_> = ["orders.#", "orders.*.created", "orders.eu.created", "#"]
+        .into_iter()
+        .map(|p| bus.receiver(p).unwrap())
+        .collect();
+    let _inline = bus
+        .subscribe_with(
+            SubscribeOptions::new().pattern("orders.eu.*").inline(true),
+            |m: &Message<u64>| {
+                std::hint::black_box(m.payload());
+            },
+        )
+        .unwrap();
+    let topic = Topic::parse("orders.eu.created").unwrap();
+    // Warm up: thread-locals, the snapshot guard's debt slot.
+    for i in 0..4 {
+        bus.publish(&topic, i).unwrap();
+    }
+    for r in &receivers {
+        while r.try_recv().is_ok() {}
+    }
+    for i in 0..64 {
+        let mut receipt = None;
+        let n = allocations_during(|| receipt = Some(bus.publish(&topic, i).unwrap()));
+        assert_eq!(receipt.map(|r| r.matched), Some(5));
+        assert_eq!(n, 1, "publish #{i} allocated {n} times");
+    }
+    for r in &receivers {
+        assert_eq!(r.try_iter().count(), 64);
+    }
+}
