@@ -58,6 +58,23 @@ struct Shared {
     exited: Condvar,
 }
 
+/// Tells whether a pool's run queue is empty; see [`Pool::probe`].
+#[derive(Clone)]
+pub struct QueueProbe(Arc<Shared>);
+
+impl QueueProbe {
+    /// True when no task waits in the run queue (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.0.queue.is_empty()
+    }
+}
+
+impl std::fmt::Debug for QueueProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueProbe").finish_non_exhaustive()
+    }
+}
+
 /// A fixed set of worker threads.
 pub struct Pool {
     shared: Arc<Shared>,
@@ -116,6 +133,12 @@ impl Pool {
             }
         }
         Ok(pool)
+    }
+
+    /// A handle that tells whether the run queue is empty (for a task that
+    /// considers lingering on its own work).
+    pub fn probe(&self) -> QueueProbe {
+        QueueProbe(Arc::clone(&self.shared))
     }
 
     /// Puts `task` on the run queue and wakes a parked worker if any.

@@ -935,6 +935,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     batch,
                     paused: options.paused,
                     retired: Arc::clone(&self.retired),
+                    probe: self.pool.probe(),
                 };
                 let sub = Sub::new(spec, make);
                 created = Some(Arc::clone(&sub));

@@ -33,8 +33,8 @@ pub struct Headers(SmallVec<[(HeaderText, HeaderText); 4]>);
 
 impl Headers {
     /// An empty header map (allocates nothing).
-    pub fn new() -> Self {
-        Self(SmallVec::new())
+    pub const fn new() -> Self {
+        Self(SmallVec::new_const())
     }
 
     /// The value of `name`, if present.

@@ -103,20 +103,32 @@ pub struct Message<T> {
     id: MessageId,
     topic: Topic,
     payload: T,
-    headers: Headers,
     timestamp: SystemTime,
-    priority: Priority,
     expires_at: Option<SystemTime>,
-    correlation_id: Option<MessageId>,
-    causation_id: Option<MessageId>,
-    from: Option<Arc<str>>,
-    to: Option<Arc<str>>,
-    reply_to: Option<Topic>,
+    /// The rarely used parts, out of line so that a plain message stays
+    /// small (under 128 bytes with a small payload: one small allocation,
+    /// cheap to free from another thread).
+    extras: Option<Box<Extras>>,
+    priority: Priority,
     attempt: u32,
     /// Set by `Bus::publish_confirmed`: where each subscription reports its
     /// outcome.
     pub(crate) tracker: Option<Arc<crate::bus::Tracker>>,
 }
+
+/// The optional envelope parts of a [`Message`].
+#[derive(Debug, Default)]
+struct Extras {
+    headers: Headers,
+    correlation_id: Option<MessageId>,
+    causation_id: Option<MessageId>,
+    from: Option<Arc<str>>,
+    to: Option<Arc<str>>,
+    reply_to: Option<Topic>,
+}
+
+/// The headers of a message without extras.
+static NO_HEADERS: Headers = Headers::new();
 
 impl<T> Message<T> {
     /// Starts a message for `topic` carrying `payload`.
@@ -160,7 +172,7 @@ impl<T> Message<T> {
 
     /// The headers.
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        self.extras.as_ref().map_or(&NO_HEADERS, |e| &e.headers)
     }
 
     /// When the message was created (wall clock).
@@ -186,27 +198,27 @@ impl<T> Message<T> {
 
     /// The conversation this message belongs to.
     pub fn correlation_id(&self) -> Option<MessageId> {
-        self.correlation_id
+        self.extras.as_ref().and_then(|e| e.correlation_id)
     }
 
     /// The message that caused this one.
     pub fn causation_id(&self) -> Option<MessageId> {
-        self.causation_id
+        self.extras.as_ref().and_then(|e| e.causation_id)
     }
 
     /// The sending entity, if given.
     pub fn from(&self) -> Option<&str> {
-        self.from.as_deref()
+        self.extras.as_ref().and_then(|e| e.from.as_deref())
     }
 
     /// The addressed entity, if given (`None`: a broadcast).
     pub fn to(&self) -> Option<&str> {
-        self.to.as_deref()
+        self.extras.as_ref().and_then(|e| e.to.as_deref())
     }
 
     /// Where replies should be published, if anywhere.
     pub fn reply_to(&self) -> Option<&Topic> {
-        self.reply_to.as_ref()
+        self.extras.as_ref().and_then(|e| e.reply_to.as_ref())
     }
 
     /// The delivery attempt, starting at 1.
@@ -221,14 +233,14 @@ impl<T: fmt::Debug> fmt::Debug for Message<T> {
             .field("id", &self.id)
             .field("topic", &self.topic)
             .field("payload", &self.payload)
-            .field("headers", &self.headers)
+            .field("headers", self.headers())
             .field("priority", &self.priority)
             .field("expires_at", &self.expires_at)
-            .field("correlation_id", &self.correlation_id)
-            .field("causation_id", &self.causation_id)
-            .field("from", &self.from)
-            .field("to", &self.to)
-            .field("reply_to", &self.reply_to)
+            .field("correlation_id", &self.correlation_id())
+            .field("causation_id", &self.causation_id())
+            .field("from", &self.from())
+            .field("to", &self.to())
+            .field("reply_to", &self.reply_to())
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -315,7 +327,7 @@ impl<T> MessageBuilder<T> {
     #[must_use]
     pub fn caused_by<P>(mut self, parent: &Message<P>) -> Self {
         self.causation_id = Some(parent.id);
-        self.correlation_id = Some(parent.correlation_id.unwrap_or(parent.id));
+        self.correlation_id = Some(parent.correlation_id().unwrap_or(parent.id));
         self
     }
 
@@ -381,19 +393,30 @@ impl<T> MessageBuilder<T> {
             Expiry::After(ttl) => timestamp.checked_add(ttl),
             Expiry::At(at) => Some(at),
         };
+        let extras = (!self.headers.is_empty()
+            || self.correlation_id.is_some()
+            || self.causation_id.is_some()
+            || self.from.is_some()
+            || self.to.is_some()
+            || self.reply_to.is_some())
+        .then(|| {
+            Box::new(Extras {
+                headers: self.headers,
+                correlation_id: self.correlation_id,
+                causation_id: self.causation_id,
+                from: self.from,
+                to: self.to,
+                reply_to: self.reply_to,
+            })
+        });
         Message {
             id,
             topic: self.topic,
             payload: self.payload,
-            headers: self.headers,
             timestamp,
-            priority: self.priority,
             expires_at,
-            correlation_id: self.correlation_id,
-            causation_id: self.causation_id,
-            from: self.from,
-            to: self.to,
-            reply_to: self.reply_to,
+            extras,
+            priority: self.priority,
             attempt: self.attempt,
             tracker: None,
         }

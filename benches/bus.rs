@@ -1,0 +1,232 @@
+//! Bus throughput and latency benchmarks, each group with its same-run
+//! baselines (BENCHMARKING.md):
+//!
+//! - `pool_1to1/{topicbus,hand_rolled,raw_channel}`: one publisher thread
+//!   into one callback subscriber run by one worker, saturated; time from
+//!   the first publish to the last handler call.
+//! - `fanout/<n>/{topicbus,hand_rolled}`: one publisher, `n` subscribers on
+//!   the same topic, one worker; throughput in deliveries.
+//! - `inline/{topicbus,hand_rolled}`: publish to an inline subscriber of a
+//!   depth-3 topic (one match), per publish, single thread.
+//!
+//! The hand-rolled bus is what a Rust user writes in an afternoon: an `Arc`
+//! message sent into one bounded crossbeam channel per subscriber, a worker
+//! thread `Select`ing over them; no matching, priorities or accounting.
+//! Figures: `perf-reports/bus.md`.
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use crossbeam_channel::{bounded, Receiver, Select, Sender};
+use topicbus::{Bus, Message, OverflowPolicy, SubscribeOptions, Topic};
+
+const CAPACITY: usize = 1024;
+
+/// Waits until `counter` reaches `target` (yielding: the publisher shares
+/// the two cores with the worker).
+fn wait_for(counter: &AtomicU64, target: u64) {
+    while counter.load(Ordering::Acquire) < target {
+        std::thread::yield_now();
+    }
+}
+
+/// topicbus: `subs` callback subscribers on one topic, one worker;
+/// publishes `iters` messages and returns the time until all were handled.
+fn topicbus_run(subs: usize, iters: u64) -> Duration {
+    let bus = Bus::<u64>::builder()
+        .workers(1)
+        .capacity(CAPACITY)
+        .overflow(OverflowPolicy::Block {
+            timeout: Duration::from_secs(60),
+        })
+        .build()
+        .expect("bus");
+    let handled = Arc::new(AtomicU64::new(0));
+    let _subs: Vec<_> = (0..subs)
+        .map(|_| {
+            let h = Arc::clone(&handled);
+            bus.subscribe("bench.orders.created", move |m: &Message<u64>| {
+                black_box(m.payload());
+                h.fetch_add(1, Ordering::Release);
+            })
+            .expect("subscribe")
+        })
+        .collect();
+    let topic = Topic::parse("bench.orders.created").expect("topic");
+    let start = Instant::now();
+    for i in 0..iters {
+        bus.publish(&topic, i).expect("publish");
+    }
+    wait_for(&handled, iters * subs as u64);
+    let elapsed = start.elapsed();
+    drop(_subs);
+    elapsed
+}
+
+/// The hand-rolled bus's message.
+struct Msg {
+    topic: Arc<str>,
+    payload: u64,
+}
+
+/// The hand-rolled bus: one bounded channel per subscriber, one `Select`
+/// worker.
+fn hand_rolled_run(subs: usize, iters: u64) -> Duration {
+    let handled = Arc::new(AtomicU64::new(0));
+    type Mailbox = (Sender<Arc<Msg>>, Receiver<Arc<Msg>>);
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..subs).map(|_| -> Mailbox { bounded(CAPACITY) }).unzip();
+    let worker = {
+        let handled = Arc::clone(&handled);
+        std::thread::spawn(move || {
+            let mut sel = Select::new();
+            for r in &receivers {
+                sel.recv(r);
+            }
+            let mut open = receivers.len();
+            while open > 0 {
+                let op = sel.select();
+                let i = op.index();
+                match op.recv(&receivers[i]) {
+                    Ok(m) => {
+                        black_box((&m.topic, m.payload));
+                        handled.fetch_add(1, Ordering::Release);
+                    }
+                    Err(_) => {
+                        sel.remove(i);
+                        open -= 1;
+                    }
+                }
+            }
+        })
+    };
+    let topic: Arc<str> = Arc::from("bench.orders.created");
+    let start = Instant::now();
+    for i in 0..iters {
+        let m = Arc::new(Msg {
+            topic: Arc::clone(&topic),
+            payload: i,
+        });
+        for s in &senders {
+            s.send(Arc::clone(&m)).expect("send");
+        }
+    }
+    wait_for(&handled, iters * subs as u64);
+    let elapsed = start.elapsed();
+    drop(senders);
+    worker.join().expect("worker");
+    elapsed
+}
+
+/// A raw crossbeam channel handoff to one consumer thread.
+fn raw_channel_run(iters: u64) -> Duration {
+    let (tx, rx) = bounded::<u64>(CAPACITY);
+    let consumer = std::thread::spawn(move || {
+        let mut n = 0u64;
+        for v in rx {
+            black_box(v);
+            n += 1;
+        }
+        n
+    });
+    let start = Instant::now();
+    for i in 0..iters {
+        tx.send(i).expect("send");
+    }
+    drop(tx);
+    let n = consumer.join().expect("consumer");
+    let elapsed = start.elapsed();
+    assert_eq!(n, iters);
+    elapsed
+}
+
+fn pool_1to1(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pool_1to1");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    g.bench_function("topicbus", |b| b.iter_custom(|n| topicbus_run(1, n)));
+    g.bench_function("hand_rolled", |b| b.iter_custom(|n| hand_rolled_run(1, n)));
+    g.bench_function("raw_channel", |b| b.iter_custom(raw_channel_run));
+    g.finish();
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout");
+    g.sample_size(10);
+    for subs in [16usize, 64, 1024] {
+        g.throughput(Throughput::Elements(subs as u64));
+        g.bench_function(BenchmarkId::new(subs.to_string(), "topicbus"), |b| {
+            b.iter_custom(|n| topicbus_run(subs, n))
+        });
+        g.bench_function(BenchmarkId::new(subs.to_string(), "hand_rolled"), |b| {
+            b.iter_custom(|n| hand_rolled_run(subs, n))
+        });
+    }
+    g.finish();
+}
+
+fn inline(c: &mut Criterion) {
+    let mut g = c.benchmark_group("inline");
+    g.throughput(Throughput::Elements(1));
+
+    let bus = Bus::<u64>::builder().workers(1).build().expect("bus");
+    let _s = bus
+        .subscribe_with(
+            SubscribeOptions::new()
+                .pattern("orders.eu.created")
+                .inline(true),
+            |m: &Message<u64>| {
+                black_box(m.payload());
+            },
+        )
+        .expect("subscribe");
+    let topic = Topic::parse("orders.eu.created").expect("topic");
+    let mut i = 0u64;
+    g.bench_function("topicbus", |b| {
+        b.iter(|| {
+            i += 1;
+            bus.publish(&topic, i).expect("publish")
+        })
+    });
+
+    // Hand-rolled: a map from topic text to handlers, an `Arc` message.
+    type Handler = Box<dyn Fn(&Msg)>;
+    let mut routes: std::collections::HashMap<Arc<str>, Vec<Handler>> = Default::default();
+    let key: Arc<str> = Arc::from("orders.eu.created");
+    routes.insert(
+        Arc::clone(&key),
+        vec![Box::new(|m: &Msg| {
+            black_box(m.payload);
+        })],
+    );
+    g.bench_function("hand_rolled", |b| {
+        b.iter(|| {
+            i += 1;
+            let m = Arc::new(Msg {
+                topic: Arc::clone(&key),
+                payload: i,
+            });
+            if let Some(hs) = routes.get(&*m.topic) {
+                for h in hs {
+                    h(&m);
+                }
+            }
+            m
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = pool_1to1, fanout, inline
+}
+criterion_main!(benches);
