@@ -3,3 +3,6 @@
 # so CI never rewrites perf-reports/.
 set -euo pipefail
 cargo run --release --example matcher_report -- --quick --out target/ci-perf-reports
+cargo run --release --example basic
+cargo run --release --example worker_queue
+cargo run --release --example shutdown

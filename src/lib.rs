@@ -26,9 +26,33 @@
 //!   correlation and causation ids, addressing, attempt; built with a
 //!   [`MessageBuilder`]; [`PayloadSize`] limits byte-like payloads.
 //!
-//! The bus runtime (mailboxes, workers, delivery, reliability) builds on these.
+//! - [`Bus`]: the bus itself. Callback subscribers run on a fixed worker
+//!   pool, inline ones on the publisher's thread, pull [`Receiver`]s wait for
+//!   you; each subscription has a bounded mailbox with three priority lanes
+//!   and an [`OverflowPolicy`]; queue groups, pause/resume, confirmed and
+//!   batch publishing, graceful [`shutdown`](Bus::shutdown) with a
+//!   [`ShutdownReport`]; every delivery ends in exactly one counted
+//!   [`Outcome`] ([`SubStats`], [`BusStats`]).
 //!
 //! ## Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use topicbus::{Bus, Message};
+//!
+//! let bus = Bus::<String>::builder().workers(2).build()?;
+//! let billing = bus.subscribe("orders.*.created", |m: &Message<String>| {
+//!     println!("bill {}", m.payload());
+//! })?;
+//! let audit = bus.receiver("orders.#")?;
+//! assert_eq!(bus.publish("orders.eu.created", "order 17".into())?.matched, 2);
+//! assert_eq!(audit.recv()?.payload(), "order 17");
+//! assert!(bus.shutdown(Duration::from_secs(5))?.is_clean());
+//! assert_eq!(billing.stats().handled, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The matcher on its own:
 //!
 //! ```
 //! use topicbus::matcher::Matcher;
@@ -61,6 +85,7 @@
 //! |---|---|
 //! | `serde` | `Serialize` / `Deserialize` for [`Topic`] and [`Pattern`] (deserializing validates) |
 //! | `bytes` | [`PayloadSize`] for `bytes::Bytes` |
+//! | `async` | `futures_core::Stream` for [`Receiver`] |
 
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
