@@ -414,8 +414,12 @@ impl<T: Send + Sync + 'static> Sub<T> {
         let _running = RunningGuard::enter(self.id.get(), self.bus);
         for _ in 0..self.batch {
             if self.closed.load(Ordering::Acquire) {
-                // `finish_run` will see the closed state and drain.
-                return true;
+                // Stop calling the handler. Report no work left: either
+                // `finish_run` sees the closed state and drains, or the
+                // runner goes idle and the closer, closing an idle runner,
+                // drains (reporting work would reschedule in a loop until the
+                // closer gets there).
+                return false;
             }
             let Some(msg) = self.lanes.pop() else {
                 return false;
