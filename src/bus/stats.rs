@@ -307,7 +307,7 @@ impl Counts {
 /// assert_eq!((s.counts.delivered, s.queued.iter().sum::<usize>()), (1, 1));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubStats {
     /// The subscription.
@@ -336,6 +336,16 @@ impl SubStats {
                 outcomes,
             },
         }
+    }
+}
+
+impl std::fmt::Debug for SubStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubStats")
+            .field("id", &self.id)
+            .field("counts", &self.counts)
+            .field("queued", &self.queued)
+            .finish()
     }
 }
 

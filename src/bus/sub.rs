@@ -491,7 +491,9 @@ impl<T: Send + Sync + 'static> Sub<T> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let own_thread = RUNNING.with(Cell::get) == self.id.get();
+        // Ids are per bus: compare the bus too.
+        let own_thread =
+            RUNNING.with(Cell::get) == self.id.get() && RUNNING_BUS.with(Cell::get) == self.bus;
         match &self.kind {
             Kind::Callback { runners, .. } => {
                 for runner in runners.iter() {
