@@ -259,7 +259,7 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
             max_payload: self.max_payload,
             publishes: Publishes::new(),
             groups: Mutex::new(HashMap::new()),
-            retired: Arc::new(Mutex::new(Totals::default())),
+            books: Mutex::new(Books::default()),
             report: Mutex::new(None),
         });
         Ok(Bus {
@@ -312,6 +312,42 @@ impl ShutdownReport {
     }
 }
 
+/// The counters of unsubscribed subscriptions, so bus totals stay whole.
+/// A subscription may still be settling messages after it left the
+/// registry (a racing publisher, a worker finishing its batch), so its
+/// counters stay live here until only the books hold them, and are then
+/// folded into `retired`.
+#[derive(Debug, Default)]
+struct Books {
+    retired: Totals,
+    gone: Vec<Arc<sub::Counters>>,
+}
+
+impl Books {
+    /// Folds counters nobody else holds any more; returns retired plus the
+    /// live ones.
+    fn read(&mut self) -> Totals {
+        let retired = &mut self.retired;
+        self.gone.retain(|c| {
+            if Arc::strong_count(c) == 1 {
+                // Final: nobody else can reach these counters any more.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+                let (delivered, outcomes) = c.read();
+                retired.add(delivered, &outcomes);
+                false
+            } else {
+                true
+            }
+        });
+        let mut total = *retired;
+        for c in &self.gone {
+            let (delivered, outcomes) = c.read();
+            total.add(delivered, &outcomes);
+        }
+        total
+    }
+}
+
 /// The shared state behind every handle.
 pub(crate) struct Inner<T> {
     registry: Registry<Arc<Sub<T>>>,
@@ -324,7 +360,8 @@ pub(crate) struct Inner<T> {
     max_payload: Option<(usize, SizeCheck<T>)>,
     publishes: Publishes,
     groups: Mutex<HashMap<String, Weak<Group>>>,
-    retired: Arc<Mutex<Totals>>,
+    /// Counters of unsubscribed subscriptions; see [`Books`].
+    books: Mutex<Books>,
     /// The first shutdown's report; held while it runs, so a concurrent
     /// shutdown waits for it.
     report: Mutex<Option<ShutdownReport>>,
@@ -752,17 +789,20 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// Counters of every subscription and in total.
     pub fn stats(&self) -> BusStats {
         let inner = self.inner();
+        // Under the books' lock, which unsubscribe holds while it moves a
+        // subscription from the registry to the books: each counted once.
+        let mut books = inner.books.lock();
         let subs: Vec<SubStats> = inner
             .registry
             .load()
             .entries()
             .map(|e| e.value().stats())
             .collect();
-        let retired = inner.retired.lock();
+        let gone = books.read();
         BusStats::new(
             inner.publishes.published(),
             subs,
-            &retired,
+            &gone,
             inner.pool.panics(),
         )
     }
@@ -934,7 +974,6 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     group,
                     batch,
                     paused: options.paused,
-                    retired: Arc::clone(&self.retired),
                     probe: self.pool.probe(),
                 };
                 let sub = Sub::new(spec, make);
@@ -966,9 +1005,15 @@ impl<T: Send + Sync + 'static> Inner<T> {
         Ok(g)
     }
 
-    /// Removes `sub` from the registry and closes it.
+    /// Removes `sub` from the registry (its counters move to the books)
+    /// and closes it.
     pub(crate) fn unsubscribe(&self, sub: &Sub<T>) {
-        self.registry.unsubscribe(sub.id);
+        {
+            let mut books = self.books.lock();
+            if self.registry.unsubscribe(sub.id).is_some() {
+                books.gone.push(Arc::clone(&sub.counters));
+            }
+        }
         sub.close(false, true);
     }
 

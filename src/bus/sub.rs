@@ -85,6 +85,16 @@ pub(crate) struct Counters {
     outcomes: Padded<[AtomicU64; OUTCOMES]>,
 }
 
+impl Counters {
+    /// Delivered and the outcome counters, as read now.
+    pub(crate) fn read(&self) -> (u64, [u64; OUTCOMES]) {
+        (
+            self.delivered.0.load(Ordering::Relaxed),
+            std::array::from_fn(|i| self.outcomes.0[i].load(Ordering::Relaxed)),
+        )
+    }
+}
+
 /// The state a pull receiver waits on.
 #[derive(Debug, Default)]
 pub(crate) struct PullWait {
@@ -152,12 +162,11 @@ pub(crate) struct Sub<T> {
     /// the receiver still takes what is queued.
     pub(crate) ended: AtomicBool,
     close_reason: AtomicU8,
-    counters: Counters,
+    /// Shared with the bus's books so they outlive the subscription.
+    pub(crate) counters: Arc<Counters>,
     /// Notified when a closed runner stops running.
     quiet_lock: Mutex<()>,
     quiet: Condvar,
-    /// Where the counters go when the subscription is freed.
-    pub(crate) retired: Arc<Mutex<super::stats::Totals>>,
     /// Whether other work waits in the pool (see [`Sub::linger`]).
     #[cfg_attr(topicbus_loom, allow(dead_code))] // no lingering under loom
     probe: QueueProbe,
@@ -204,7 +213,6 @@ pub(crate) struct Spec {
     pub(crate) group: Option<Arc<Group>>,
     pub(crate) batch: usize,
     pub(crate) paused: bool,
-    pub(crate) retired: Arc<Mutex<super::stats::Totals>>,
     pub(crate) probe: QueueProbe,
 }
 
@@ -237,10 +245,9 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 closed: AtomicBool::new(false),
                 ended: AtomicBool::new(false),
                 close_reason: AtomicU8::new(CLOSE_UNSUBSCRIBED),
-                counters: Counters::default(),
+                counters: Arc::new(Counters::default()),
                 quiet_lock: Mutex::new(()),
                 quiet: Condvar::new(),
-                retired: spec.retired,
                 probe: spec.probe,
             }
         })
@@ -617,23 +624,8 @@ impl<T: Send + Sync + 'static> Sub<T> {
     }
 
     pub(crate) fn stats(&self) -> SubStats {
-        let outcomes = std::array::from_fn(|i| self.counters.outcomes.0[i].load(Ordering::Relaxed));
-        SubStats::new(
-            self.id,
-            self.counters.delivered.0.load(Ordering::Relaxed),
-            outcomes,
-            self.lanes.depths(),
-        )
-    }
-}
-
-impl<T> Drop for Sub<T> {
-    fn drop(&mut self) {
-        let outcomes: [u64; OUTCOMES] =
-            std::array::from_fn(|i| self.counters.outcomes.0[i].load(Ordering::Relaxed));
-        self.retired
-            .lock()
-            .add(self.counters.delivered.0.load(Ordering::Relaxed), &outcomes);
+        let (delivered, outcomes) = self.counters.read();
+        SubStats::new(self.id, delivered, outcomes, self.lanes.depths())
     }
 }
 
