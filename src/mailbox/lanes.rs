@@ -41,13 +41,6 @@ use crate::sync::{BoundedQueue, Condvar, Mutex};
 /// lower lanes are served once.
 pub const STARVATION_LIMIT: u32 = 16;
 
-/// Retries of a blocked push before it parks: spins doubling from 1 to
-/// 2^(`BACKOFF_SPIN_STEPS` - 1) pause instructions, then yields.
-#[cfg(not(topicbus_loom))]
-const BACKOFF_STEPS: u32 = 10;
-#[cfg(not(topicbus_loom))]
-const BACKOFF_SPIN_STEPS: u32 = 6;
-
 /// What happens to a message published into a full lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -136,26 +129,6 @@ impl<T> Lanes<T> {
     #[cold]
     fn push_blocking(&self, lane: &BoundedQueue<T>, mut item: T, timeout: Duration) -> Push<T> {
         let deadline = Instant::now().checked_add(timeout);
-        // A full lane usually frees a slot within microseconds (a worker is
-        // draining it): back off briefly, as crossbeam's channels do, before
-        // paying for a park and a wake-up (about 28 µs each way here).
-        #[cfg(not(topicbus_loom))]
-        for step in 0..BACKOFF_STEPS {
-            if step < BACKOFF_SPIN_STEPS {
-                for _ in 0..1u32 << step {
-                    std::hint::spin_loop();
-                }
-            } else {
-                std::thread::yield_now();
-            }
-            match lane.push(item) {
-                Ok(()) => return Push::Enqueued,
-                Err(back) => item = back,
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-        }
         self.waiters.fetch_add(1, Ordering::SeqCst);
         // Pairs with the fence in `pop`: our registration or their freed slot
         // is seen by the other side.
