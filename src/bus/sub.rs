@@ -327,28 +327,9 @@ impl<T: Send + Sync + 'static> Sub<T> {
     /// Wakes whoever consumes the mailbox after a successful enqueue.
     fn after_push(&self, pool: &Pool) {
         match &self.kind {
-            Kind::Callback { runners, .. } => {
-                for runner in runners.iter() {
-                    match runner.state.on_push() {
-                        OnPush::Schedule => {
-                            pool.schedule(Arc::clone(runner) as TaskRef);
-                            return;
-                        }
-                        // Already scheduled or running: it will see the
-                        // message. With concurrency > 1, look for an idle
-                        // runner to work in parallel.
-                        OnPush::Nothing => {}
-                        OnPush::Closed => {
-                            // Closed between our enqueue and now: nobody
-                            // else may come for the message; drain it.
-                            self.drain();
-                            return;
-                        }
-                    }
-                }
-            }
+            Kind::Callback { runners, .. } => Self::kick(runners, pool, true, || self.drain()),
             Kind::Pull(wait) => {
-                // Pairs with the fences in `recv` and `close`.
+                // Pairs with the fences in `Receiver::recv_until` and `close`.
                 fence(Ordering::SeqCst);
                 if wait.waiters.load(Ordering::Relaxed) > 0 {
                     let _guard = wait.lock.lock();
@@ -378,8 +359,8 @@ impl<T: Send + Sync + 'static> Sub<T> {
         msg: &Message<T>,
     ) -> Offered {
         active.fetch_add(1, Ordering::SeqCst);
-        // Pairs with `close_inline`: either it sees us active and waits, or
-        // we see it closed and stay out.
+        // Pairs with the inline branch of `close`: either it sees us active
+        // and waits, or we see it closed and stay out.
         if self.closed.load(Ordering::SeqCst) {
             active.fetch_sub(1, Ordering::Release);
             self.settle(msg, Outcome::Dropped(self.closed_reason()));
@@ -474,15 +455,12 @@ impl<T: Send + Sync + 'static> Sub<T> {
     }
 
     /// Settles every message left in the lanes as dropped for the close
-    /// reason. Returns how many it took.
-    pub(crate) fn drain(&self) -> u64 {
+    /// reason.
+    pub(crate) fn drain(&self) {
         let reason = self.closed_reason();
-        let mut n = 0;
         while let Some(msg) = self.lanes.pop() {
             self.settle(&msg, Outcome::Dropped(reason));
-            n += 1;
         }
-        n
     }
 
     /// Closes the subscription: no handler call starts after this returns
@@ -589,15 +567,29 @@ impl<T: Send + Sync + 'static> Sub<T> {
         self.paused.store(false, Ordering::SeqCst);
         self.wake_receivers();
         if let Kind::Callback { runners, .. } = &self.kind {
-            for runner in runners.iter() {
-                match runner.state.on_push() {
-                    OnPush::Schedule => pool.schedule(Arc::clone(runner) as TaskRef),
-                    OnPush::Nothing => {}
-                    OnPush::Closed => {
-                        self.drain();
+            Self::kick(runners, pool, false, || self.drain());
+        }
+    }
+
+    /// Tells the runners that messages wait (`State::on_push`, after the
+    /// enqueue): schedules an idle runner, only the first one found when
+    /// `first_only` (a publish; further idle runners would find nothing) or
+    /// every idle one (a resume, so a concurrent subscription works in
+    /// parallel again). A runner already scheduled or running will see the
+    /// messages; with concurrency > 1 the search goes on for an idle one.
+    /// `drain` runs when the subscription closed meanwhile: nobody else may
+    /// come for what was just enqueued.
+    fn kick(runners: &[Arc<Runner<T>>], pool: &Pool, first_only: bool, drain: impl FnOnce()) {
+        for runner in runners {
+            match runner.state.on_push() {
+                OnPush::Schedule => {
+                    pool.schedule(Arc::clone(runner) as TaskRef);
+                    if first_only {
                         return;
                     }
                 }
+                OnPush::Nothing => {}
+                OnPush::Closed => return drain(),
             }
         }
     }
