@@ -335,6 +335,14 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// What a timed wait waits until: `deadline`, or, without one (no timeout,
+/// or one too large for the clock), a year from now. Every waiting loop
+/// re-checks its condition after a wait, so a year at a time is for ever.
+pub(crate) fn wait_deadline(deadline: Option<std::time::Instant>) -> std::time::Instant {
+    deadline
+        .unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(31_536_000))
+}
+
 /// Atomics for process-wide `static` counters (the message id sequence).
 ///
 /// loom's atomics cannot live in statics, and these take part in no

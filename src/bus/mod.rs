@@ -46,7 +46,7 @@ use crate::message::{Message, MessageBuilder, PayloadSize, PayloadTooLarge};
 use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::sync::atomic::{AtomicU8, Ordering};
-use crate::sync::Mutex;
+use crate::sync::{wait_deadline, Mutex};
 use crate::topic::Limits;
 
 pub(crate) use confirm::Tracker;
@@ -60,7 +60,7 @@ pub use receiver::Receiver;
 pub use stats::{BusStats, Counts, DropReason, Drops, Outcome, Receipt, SubStats};
 
 use options::Handle;
-use stats::{Publishes, Totals};
+use stats::{Entered, Publishes, Totals};
 use sub::{Group, HandlerFn, Make, Offered, Spec, Sub};
 
 /// A handler's error, boxed.
@@ -587,12 +587,8 @@ impl<T: Send + Sync + 'static> Bus<T> {
         let inner = self.inner();
         let entered = inner.publishes.enter();
         inner.check_open()?;
-        let topic = topic.into_topic(&inner.limits)?;
-        inner.check_payload(&payload)?;
-        let msg = Arc::new(Message::builder(topic, payload).build());
-        let receipt = inner.dispatch(&inner.registry.load(), &msg);
-        entered.commit();
-        Receipt::into_result(receipt)
+        let msg = inner.message(topic, payload, None)?;
+        inner.send(entered, &msg)
     }
 
     /// Publishes a message built with [`Message::builder`] (headers,
@@ -625,9 +621,7 @@ impl<T: Send + Sync + 'static> Bus<T> {
         let entered = inner.publishes.enter();
         inner.check_open()?;
         let msg = inner.admit(message.into())?;
-        let receipt = inner.dispatch(&inner.registry.load(), &msg);
-        entered.commit();
-        Receipt::into_result(receipt)
+        inner.send(entered, &msg)
     }
 
     /// Publishes several messages with one snapshot load. Stops at the first
@@ -651,12 +645,9 @@ impl<T: Send + Sync + 'static> Bus<T> {
             if let Err(e) = inner.check_open() {
                 return fail(done, e);
             }
-            let msg = match topic.into_topic(&inner.limits) {
-                Ok(topic) => match inner.check_payload(&payload) {
-                    Ok(()) => Arc::new(Message::builder(topic, payload).build()),
-                    Err(e) => return fail(done, e),
-                },
-                Err(e) => return fail(done, e.into()),
+            let msg = match inner.message(topic, payload, None) {
+                Ok(msg) => msg,
+                Err(e) => return fail(done, e),
             };
             done.add(&inner.dispatch(&snapshot, &msg));
             entered.commit();
@@ -681,18 +672,17 @@ impl<T: Send + Sync + 'static> Bus<T> {
         let inner = self.inner();
         let entered = inner.publishes.enter();
         inner.check_open()?;
-        let topic = topic.into_topic(&inner.limits)?;
-        inner.check_payload(&payload)?;
-        let deadline = Instant::now().checked_add(timeout);
         let tracker = Arc::new(Tracker::new());
-        let mut msg = Message::builder(topic, payload).build();
-        msg.tracker = Some(Arc::clone(&tracker));
-        let msg = Arc::new(msg);
+        let msg = inner.message(topic, payload, Some(Arc::clone(&tracker)))?;
+        let deadline = Instant::now().checked_add(timeout);
         let receipt = inner.dispatch(&inner.registry.load(), &msg);
         entered.commit();
         drop(msg);
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(31_536_000));
-        Ok(tracker.wait(receipt.id, receipt.matched as usize, deadline))
+        Ok(tracker.wait(
+            receipt.id,
+            receipt.matched as usize,
+            wait_deadline(deadline),
+        ))
     }
 
     /// Subscribes `handler` to `pattern`, run on the worker pool with the
@@ -747,7 +737,7 @@ impl<T: Send + Sync + 'static> Bus<T> {
                 c => Make::Callback(handler, c.unwrap_or(1)),
             }
         };
-        let sub = self.inner().add(self.inner(), &options, make)?;
+        let sub = self.inner().add(&options, make)?;
         let id = sub.id;
         Ok(Subscription::new(
             id,
@@ -779,7 +769,7 @@ impl<T: Send + Sync + 'static> Bus<T> {
                 "a receiver has no handler: inline and concurrency do not apply",
             ));
         }
-        let sub = self.inner().add(self.inner(), &options, Make::Pull)?;
+        let sub = self.inner().add(&options, Make::Pull)?;
         Ok(Receiver::new(Handle {
             sub,
             bus: Arc::downgrade(self.inner()),
@@ -865,6 +855,31 @@ impl<T: Send + Sync + 'static> Inner<T> {
         }
     }
 
+    /// A message for `topic` and `payload`, checked against the bus's
+    /// limits, with the confirmed publisher's `tracker` if any.
+    #[inline]
+    fn message(
+        &self,
+        topic: impl IntoTopic,
+        payload: T,
+        tracker: Option<Arc<Tracker>>,
+    ) -> Result<Arc<Message<T>>, PublishError> {
+        let topic = topic.into_topic(&self.limits)?;
+        self.check_payload(&payload)?;
+        let mut msg = Message::builder(topic, payload).build();
+        msg.tracker = tracker;
+        Ok(Arc::new(msg))
+    }
+
+    /// Routes a checked message through the current snapshot and closes the
+    /// publish `entered`.
+    #[inline]
+    fn send(&self, entered: Entered<'_>, msg: &Arc<Message<T>>) -> Result<Receipt, PublishError> {
+        let receipt = self.dispatch(&self.registry.load(), msg);
+        entered.commit();
+        receipt.into_result()
+    }
+
     /// Checks a caller-built message against the bus's limits.
     fn admit(&self, msg: Message<T>) -> Result<Arc<Message<T>>, PublishError> {
         msg.topic().clone().into_topic(&self.limits)?;
@@ -936,8 +951,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
 
     /// Registers a subscription.
     fn add(
-        &self,
-        me: &Arc<Inner<T>>,
+        self: &Arc<Self>,
         options: &SubscribeOptions,
         make: Make<T>,
     ) -> Result<Arc<Sub<T>>, SubscribeError> {
@@ -967,7 +981,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
             b.subscribe_with(patterns.iter().cloned(), |id| {
                 let spec = Spec {
                     id,
-                    bus: Arc::as_ptr(me) as usize,
+                    bus: self.addr(),
                     patterns: patterns.clone().into_boxed_slice(),
                     capacity,
                     policy: options.overflow.unwrap_or(self.overflow),
@@ -1073,8 +1087,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 s.close(true, false);
             }
         }
-        let join_by = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(31_536_000));
-        let workers_joined = self.pool.shutdown_until(join_by.max(Instant::now()));
+        let workers_joined = self.pool.shutdown_until(wait_deadline(deadline));
         // Final sweep: anything a stopped (or stuck) worker left behind.
         for s in &subs {
             if !s.is_pull() {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::message::Message;
 use crate::registry::SubscriptionId;
 use crate::sync::atomic::{fence, Ordering};
+use crate::sync::wait_deadline;
 use crate::topic::Pattern;
 
 use super::error::{RecvError, RecvTimeoutError, TryRecvError};
@@ -110,7 +111,7 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     /// [`RecvTimeoutError::Closed`] once the bus shut down and the queue is
     /// empty.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Arc<Message<T>>, RecvTimeoutError> {
-        self.recv_until(Some(Instant::now().checked_add(timeout)))
+        self.recv_until(Instant::now().checked_add(timeout))
     }
 
     /// Waits until `deadline` for the next message.
@@ -119,7 +120,7 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     ///
     /// As [`recv_timeout`](Self::recv_timeout).
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Arc<Message<T>>, RecvTimeoutError> {
-        self.recv_until(Some(Some(deadline)))
+        self.recv_until(Some(deadline))
     }
 
     /// A blocking iterator that ends when the bus shut down and the queue
@@ -178,12 +179,9 @@ impl<T: Send + Sync + 'static> Receiver<T> {
         Some(msg)
     }
 
-    /// `deadline`: `None` waits for ever; `Some(None)` is a deadline beyond
-    /// the clock (also for ever, but reported as a timeout variant).
-    fn recv_until(
-        &self,
-        deadline: Option<Option<Instant>>,
-    ) -> Result<Arc<Message<T>>, RecvTimeoutError> {
+    /// Waits until `deadline`; `None` (no deadline, or one beyond the
+    /// clock) waits for ever.
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Arc<Message<T>>, RecvTimeoutError> {
         if let Some(m) = self.take() {
             return Ok(m);
         }
@@ -200,14 +198,9 @@ impl<T: Send + Sync + 'static> Receiver<T> {
                 // A last look: a message may have raced the end.
                 break self.take().ok_or(RecvTimeoutError::Closed);
             }
-            let until = match deadline {
-                Some(Some(d)) => d,
-                // Far enough to be for ever; the loop re-checks anyway.
-                _ => Instant::now() + Duration::from_secs(3600),
-            };
-            let (g, timed_out) = wait.ready.wait_until(guard, until);
+            let (g, timed_out) = wait.ready.wait_until(guard, wait_deadline(deadline));
             guard = g;
-            if timed_out && matches!(deadline, Some(Some(_))) {
+            if timed_out && deadline.is_some() {
                 break self.take().ok_or(RecvTimeoutError::Timeout);
             }
         };

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::message::Priority;
 use crate::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
-use crate::sync::{BoundedQueue, Condvar, Mutex};
+use crate::sync::{wait_deadline, BoundedQueue, Condvar, Mutex};
 
 /// Pops in a row from a higher lane, while a lower lane waits, before the
 /// lower lanes are served once.
@@ -139,11 +139,8 @@ impl<T> Lanes<T> {
                 Ok(()) => break Push::Enqueued,
                 Err(back) => item = back,
             }
-            // A timeout too large for the clock waits for ever (a year at a
-            // time).
-            let until =
-                deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(31_536_000));
-            let (g, timed_out) = self.space.wait_until(guard, until);
+            // A timeout too large for the clock waits for ever.
+            let (g, timed_out) = self.space.wait_until(guard, wait_deadline(deadline));
             guard = g;
             if timed_out && deadline.is_some() {
                 // One last try: space may have freed at the deadline.
