@@ -2,6 +2,7 @@
 # Every example runs (quick modes where they have one). Reports go to target/
 # so CI never rewrites perf-reports/.
 set -euo pipefail
+cargo run --release --example loadgen -- --quick --out target/ci-perf-reports
 cargo run --release --example matcher_report -- --quick --out target/ci-perf-reports
 cargo run --release --example basic
 cargo run --release --example worker_queue

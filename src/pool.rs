@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use crate::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{thread, Arc, Condvar, Mutex, UnboundedQueue};
 
+/// A function run first on each worker thread, given the worker's index.
+pub type StartHook = std::sync::Arc<dyn Fn(usize) + Send + Sync>;
+
 /// Empty-queue checks a worker spins through before it parks. (Under loom
 /// workers do not spin: spinning only multiplies the interleavings.)
 #[cfg(not(topicbus_loom))]
@@ -97,7 +100,18 @@ impl Pool {
     ///
     /// The OS error when a thread cannot be spawned; the threads already
     /// started are stopped and joined first.
+    #[cfg_attr(not(any(test, topicbus_loom)), allow(dead_code))]
     pub fn new(workers: usize) -> std::io::Result<Self> {
+        Self::with_start_hook(workers, None)
+    }
+
+    /// [`Pool::new`], with `on_start(n)` called first on worker `n`'s
+    /// thread (to pin it to a core, name it for a profiler, …).
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::new`].
+    pub fn with_start_hook(workers: usize, on_start: Option<StartHook>) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: UnboundedQueue::new(),
             sleepers: AtomicUsize::new(0),
@@ -114,10 +128,14 @@ impl Pool {
         };
         for n in 0..workers {
             let shared = Arc::clone(&pool.shared);
+            let on_start = on_start.clone();
             pool.shared.live.fetch_add(1, Ordering::SeqCst);
             let spawned = thread::Builder::new()
                 .name(format!("topicbus-worker-{n}"))
                 .spawn(move || {
+                    if let Some(hook) = on_start {
+                        hook(n);
+                    }
                     work(&shared);
                     shared.live.fetch_sub(1, Ordering::SeqCst);
                     let _guard = shared.lock.lock();

@@ -147,6 +147,7 @@ pub struct BusBuilder<T> {
     limits: Limits,
     max_payload: Option<(usize, SizeCheck<T>)>,
     drop_timeout: Duration,
+    on_worker_start: Option<crate::pool::StartHook>,
 }
 
 impl<T> std::fmt::Debug for BusBuilder<T> {
@@ -159,6 +160,7 @@ impl<T> std::fmt::Debug for BusBuilder<T> {
             .field("limits", &self.limits)
             .field("max_payload", &self.max_payload.map(|(n, _)| n))
             .field("drop_timeout", &self.drop_timeout)
+            .field("on_worker_start", &self.on_worker_start.is_some())
             .finish()
     }
 }
@@ -175,6 +177,7 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
             limits: Limits::DEFAULT,
             max_payload: None,
             drop_timeout: DEFAULT_DROP_TIMEOUT,
+            on_worker_start: None,
         }
     }
 
@@ -231,6 +234,36 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
         self
     }
 
+    /// Runs `hook(n)` first on worker thread `n` (`0..workers`), before it
+    /// takes any work: to pin workers to cores, register them with a
+    /// profiler, or set a thread priority. A panic in the hook ends that
+    /// worker's thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use topicbus::Bus;
+    ///
+    /// let started = Arc::new(AtomicUsize::new(0));
+    /// let seen = Arc::clone(&started);
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(2)
+    ///     .on_worker_start(move |_n| {
+    ///         seen.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .build()?;
+    /// bus.shutdown(Duration::from_secs(5))?; // joins the workers
+    /// assert_eq!(started.load(Ordering::SeqCst), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_worker_start(mut self, hook: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_worker_start = Some(std::sync::Arc::new(hook));
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -250,7 +283,7 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
         };
         let inner = Arc::new(Inner {
             registry: Registry::new(),
-            pool: Pool::new(workers)?,
+            pool: Pool::with_start_hook(workers, self.on_worker_start)?,
             state: AtomicU8::new(OPEN),
             limits: self.limits,
             capacity,
