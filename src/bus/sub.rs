@@ -48,6 +48,17 @@ pub(crate) fn in_handler_of(bus: usize) -> bool {
     RUNNING_BUS.with(Cell::get) == bus
 }
 
+/// Wakes the publishers blocked on a mailbox when a batch ends, however it
+/// ends (a handler's panic is caught inside the batch, but a guard cannot
+/// be forgotten on any path).
+struct ReleaseGuard<'a, T>(&'a Lanes<T>);
+
+impl<T> Drop for ReleaseGuard<'_, T> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// Marks the current thread as running `sub` of `bus` until dropped.
 struct RunningGuard {
     sub: u64,
@@ -400,6 +411,9 @@ impl<T: Send + Sync + 'static> Sub<T> {
             return false;
         }
         let _running = RunningGuard::enter(self.id.get(), self.bus);
+        // Publishers blocked on a full lane are woken once per batch, not
+        // per message (see `Lanes::pop_quiet`).
+        let _release = ReleaseGuard(&self.lanes);
         for _ in 0..self.batch {
             if self.closed.load(Ordering::Acquire) {
                 // Stop calling the handler. Report no work left: either
@@ -409,7 +423,7 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 // closer gets there).
                 return false;
             }
-            let Some(msg) = self.lanes.pop() else {
+            let Some(msg) = self.lanes.pop_quiet() else {
                 return false;
             };
             let ran = self.handle(handler, &msg);

@@ -156,18 +156,44 @@ impl<T> Lanes<T> {
     }
 
     /// Takes the next message: the highest non-empty lane, with the
-    /// starvation guard.
+    /// starvation guard. Wakes a publisher blocked on a full lane, if any.
     pub fn pop(&self) -> Option<T> {
         let item = self.take();
         if item.is_some() {
-            // Pairs with the fence in `push_blocking`.
-            fence(Ordering::SeqCst);
-            if self.waiters.load(Ordering::Relaxed) > 0 {
-                let _guard = self.lock.lock();
-                self.space.notify_one();
-            }
+            self.release_one();
         }
         item
+    }
+
+    /// [`pop`](Self::pop) without waking a blocked publisher: for a consumer
+    /// that takes a batch and then calls [`release`](Self::release) once.
+    /// Waking a parked publisher costs a system call here and a context
+    /// switch there (≈ 28 µs on the target machines); doing it per message
+    /// made a publisher blocked on a busy mailbox ping-pong through the
+    /// kernel for every slot (one wake-up per message instead of one per
+    /// batch).
+    pub fn pop_quiet(&self) -> Option<T> {
+        self.take()
+    }
+
+    /// Wakes every publisher blocked on a full lane (after
+    /// [`pop_quiet`](Self::pop_quiet) freed slots).
+    pub fn release(&self) {
+        // Pairs with the fence in `push_blocking`.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            let _guard = self.lock.lock();
+            self.space.notify_all();
+        }
+    }
+
+    fn release_one(&self) {
+        // Pairs with the fence in `push_blocking`.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            let _guard = self.lock.lock();
+            self.space.notify_one();
+        }
     }
 
     fn take(&self) -> Option<T> {
