@@ -691,10 +691,16 @@ impl StepResult {
         self.sent as f64 * 1e9 / self.total_ns.max(1) as f64
     }
 
-    /// Deliveries per second through the whole system.
+    /// Deliveries made per second through the whole system (lost ones,
+    /// tokio broadcast's `Lagged`, do not count).
     pub fn delivery_rate(&self) -> f64 {
+        self.all().delivered as f64 * 1e9 / self.total_ns.max(1) as f64
+    }
+
+    /// Share of deliveries lost (0 for every system but tokio broadcast).
+    pub fn lost_share(&self) -> f64 {
         let h = self.all();
-        (h.delivered + h.lost) as f64 * 1e9 / self.total_ns.max(1) as f64
+        h.lost as f64 / (h.delivered + h.lost).max(1) as f64
     }
 
     /// CPU nanoseconds per message.
