@@ -163,6 +163,7 @@ fn opts(a: &Args) -> Opts {
             },
             pin: a.pin,
             payload: a.payload,
+            inline: false,
         },
         patterns: a
             .patterns

@@ -191,6 +191,9 @@ pub struct RunConfig {
     pub pin: bool,
     /// Payload body size in bytes.
     pub payload: usize,
+    /// topicbus only: run every handler inline on the publisher's thread
+    /// (no mailbox, no worker hand-off).
+    pub inline: bool,
 }
 
 /// The recorders of one step: one per subscription class, and one per
@@ -307,7 +310,9 @@ fn topicbus(w: &Workload, sink: &Arc<Sink>, cfg: &RunConfig) -> TopicbusTarget {
         .subs
         .iter()
         .map(|s| {
-            let mut opts = SubscribeOptions::new().pattern(s.pattern.clone());
+            let mut opts = SubscribeOptions::new()
+                .pattern(s.pattern.clone())
+                .inline(cfg.inline);
             if let Some(g) = &s.group {
                 opts = opts.queue_group(g.clone(), GroupStrategy::RoundRobin);
             }
