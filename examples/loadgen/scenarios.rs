@@ -335,6 +335,32 @@ pub fn sustained(o: &Opts) -> Report {
         }
         rep.body.push('\n');
     }
+    // topicbus as a ratio to each baseline at every load point.
+    let mut head = String::from("| load |");
+    let mut align = String::from("|---|");
+    for (s, _) in sweep.iter().skip(1) {
+        let _ = write!(head, " p50 ÷ {0} | p99 ÷ {0} |", s.name());
+        align.push_str("---:|---:|");
+    }
+    let _ = writeln!(
+        rep.body,
+        "### topicbus ÷ baseline, corrected latency (below 1 is topicbus faster)\n\n{head}\n{align}"
+    );
+    for (k, f) in fractions.iter().enumerate() {
+        let top = sweep[0].1[k].all();
+        let _ = write!(rep.body, "| {:.0} % |", f * 100.0);
+        for (_, results) in sweep.iter().skip(1) {
+            let b = results[k].all();
+            let _ = write!(
+                rep.body,
+                " {:.2} | {:.2} |",
+                p(&top.corrected, 0.5) / p(&b.corrected, 0.5),
+                p(&top.corrected, 0.99) / p(&b.corrected, 0.99)
+            );
+        }
+        rep.body.push('\n');
+    }
+    rep.body.push('\n');
     rep.body.push_str(
         "### Worker awake vs woken (topicbus)\n\nNaive latency of deliveries enqueued while the \
          worker was still busy with earlier ones (awake: no wake-up in the figure) and of those \
