@@ -74,6 +74,8 @@ pub struct Context {
     pub command: String,
     /// Machine details, as markdown lines.
     pub machine: Vec<(String, String)>,
+    /// Suffix of every file name (`-pinned` for pinned runs).
+    pub suffix: String,
 }
 
 fn run(cmd: &str, args: &[&str]) -> Option<String> {
@@ -113,6 +115,7 @@ impl Context {
             out,
             date,
             command,
+            suffix: if pin { "-pinned".into() } else { String::new() },
             machine: vec![
                 ("CPU".into(), cpu),
                 ("vCPUs".into(), vcpus.to_string()),
@@ -145,7 +148,7 @@ impl Context {
     }
 
     fn stem(&self, scenario: &str) -> String {
-        format!("{}-{scenario}", self.date)
+        format!("{}-{scenario}{}", self.date, self.suffix)
     }
 }
 
@@ -499,6 +502,7 @@ mod tests {
             date: "2026-01-02".into(),
             command: "cargo run --release --example loadgen -- --quick".into(),
             machine: vec![("CPU".into(), "test".into())],
+            suffix: String::new(),
         }
     }
 

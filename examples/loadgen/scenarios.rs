@@ -1251,7 +1251,9 @@ mod tests {
         let n = 400u64;
         let step = Step {
             rate: Some(20_000.0),
-            duration: Duration::from_secs_f64(n as f64 / 20_000.0),
+            // Long enough that the blocked publisher never gives up: the
+            // step ends after `n` messages.
+            duration: Duration::from_secs(60),
             max_messages: Some(n),
         };
         let r = run_step(System::Topicbus, &w, &cfg(), &step);

@@ -812,8 +812,16 @@ fn publish_loop(
             let n = ((span as f64 / 1e9) * rate).ceil() as u64;
             // Warm-up: the first tenth (at most one second) is counted, not
             // timed.
-            let warm = (n / 10).min(rate.ceil() as u64);
+            let warm = (n.min(max) / 10).min(rate.ceil() as u64);
+            // A system that blocks its publisher (the hand-rolled bus behind
+            // a stalled subscriber) would stretch the step without bound:
+            // give up at twice the step's length (achieved < offered shows
+            // it).
+            let give_up = start.saturating_add(span.saturating_mul(2));
             while i < n.min(max) {
+                if i % 64 == 0 && now_ns() > give_up {
+                    break;
+                }
                 let intended = pacer.wait(i, &RealClock);
                 let sent = now_ns();
                 let ix = i as usize;
