@@ -134,7 +134,11 @@ impl Pool {
                 .name(format!("topicbus-worker-{n}"))
                 .spawn(move || {
                     if let Some(hook) = on_start {
-                        hook(n);
+                        // A panicking hook is counted like a panicking task;
+                        // the worker still serves.
+                        if catch_unwind(AssertUnwindSafe(|| hook(n))).is_err() {
+                            shared.panics.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     work(&shared);
                     shared.live.fetch_sub(1, Ordering::SeqCst);

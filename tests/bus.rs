@@ -790,3 +790,59 @@ fn dropping_the_last_handle_inside_a_handler_does_not_deadlock() {
     rx.recv_timeout(LONG).unwrap();
     assert!(weak.upgrade().is_none());
 }
+
+#[test]
+fn worker_start_hook_runs_once_per_worker_on_its_thread_and_a_panic_is_counted() {
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let tx = Mutex::new(tx);
+    let bus = Bus::<u32>::builder()
+        .workers(3)
+        .on_worker_start(move |n| {
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            tx.lock().expect("sender").send((n, name)).expect("send");
+            if n == 1 {
+                panic!("hook failure on worker 1");
+            }
+        })
+        .build()
+        .expect("bus");
+    let mut seen: Vec<(usize, String)> = (0..3)
+        .map(|_| rx.recv_timeout(LONG).expect("hook ran"))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..3)
+            .map(|n| (n, format!("topicbus-worker-{n}")))
+            .collect::<Vec<_>>()
+    );
+    // The worker whose hook panicked still serves: three handlers that wait
+    // (with a deadline) for each other can only all see three arrivals when
+    // three workers run them at once.
+    let met = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+    let (done_tx, done_rx) = mpsc::channel();
+    let subs: Vec<_> = (0..3)
+        .map(|i| {
+            let (met, d) = (Arc::clone(&met), done_tx.clone());
+            bus.subscribe(format!("w.{i}").as_str(), move |_m: &Message<u32>| {
+                let (lock, cv) = &*met;
+                let mut n = lock.lock().expect("lock");
+                *n += 1;
+                cv.notify_all();
+                let (n, _) = cv.wait_timeout_while(n, LONG, |n| *n < 3).expect("wait");
+                d.send(*n).expect("done");
+            })
+            .expect("subscribe")
+        })
+        .collect();
+    for i in 0..3 {
+        bus.publish(format!("w.{i}").as_str(), 0).expect("publish");
+    }
+    for _ in 0..3 {
+        let n = done_rx.recv_timeout(LONG * 2).expect("handler finished");
+        assert_eq!(n, 3, "three workers ran the handlers concurrently");
+    }
+    assert_eq!(bus.stats().worker_panics, 1);
+    drop(subs);
+    bus.shutdown(LONG).expect("shutdown");
+}

@@ -236,8 +236,8 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
 
     /// Runs `hook(n)` first on worker thread `n` (`0..workers`), before it
     /// takes any work: to pin workers to cores, register them with a
-    /// profiler, or set a thread priority. A panic in the hook ends that
-    /// worker's thread.
+    /// profiler, or set a thread priority. A panic in the hook is caught
+    /// and counted in [`BusStats::worker_panics`]; the worker still serves.
     ///
     /// # Examples
     ///
