@@ -16,19 +16,25 @@
 //!
 //! The fast paths take no lock. A blocked publisher registers in `waiters`,
 //! then retries the push under `lock` before each wait; a pop that freed a
-//! slot notifies under the same lock when it sees a waiter. Both sides put a
+//! slot notifies under the same lock when it sees a waiter ([`pop`]; a worker
+//! pops a batch with [`pop_quiet`] and notifies every waiter once at its end
+//! with [`release`], the same protocol with the notification deferred to the
+//! end of the batch). Both sides put a
 //! `SeqCst` fence between their write (the waiter count, the freed slot) and
 //! their read of the other's, so at least one sees the other: either the
 //! popper sees the waiter and notifies (under the lock, so not before the
 //! publisher waits or after it retried), or the publisher's retry sees the
 //! freed slot. The `a_pop_wakes_the_blocked_publisher` loom model checks the
 //! notification protocol (it fails, as a deadlock, when the notify is removed
-//! or skipped). It cannot check the fence pairing itself: crossbeam's queue is
+//! or skipped), `a_batch_release_wakes_every_blocked_publisher` the batched
+//! one. It cannot check the fence pairing itself: crossbeam's queue is
 //! opaque to loom and its stand-in is a mutex, which orders everything; the
 //! fences rest on the argument above and on the threaded tests against the
 //! real queue.
 //!
 //! [`pop`]: Lanes::pop
+//! [`pop_quiet`]: Lanes::pop_quiet
+//! [`release`]: Lanes::release
 
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
