@@ -122,6 +122,16 @@ impl Default for Hists {
 }
 
 impl Hists {
+    /// Counts one delivery that started at `now` and records its corrected
+    /// and naive latency; returns the naive one.
+    fn timed(&mut self, stamp: &Stamp, now: u64) -> u64 {
+        let naive = now.saturating_sub(stamp.sent);
+        record(&mut self.corrected, now.saturating_sub(stamp.intended));
+        record(&mut self.naive, naive);
+        self.delivered += 1;
+        naive
+    }
+
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Hists) {
         // Same bounds on both sides: `add` cannot fail.
@@ -194,16 +204,13 @@ impl Recorder {
     /// `now`.
     pub fn delivered_at(&self, stamp: &Stamp, now: u64) {
         let last = LAST_START.with(|l| l.replace(now));
-        let naive = now.saturating_sub(stamp.sent);
         self.with_slot(|h| {
-            record(&mut h.corrected, now.saturating_sub(stamp.intended));
-            record(&mut h.naive, naive);
+            let naive = h.timed(stamp, now);
             if stamp.sent <= last {
                 record(&mut h.awake, naive);
             } else {
                 record(&mut h.woken, naive);
             }
-            h.delivered += 1;
         });
     }
 
@@ -211,9 +218,7 @@ impl Recorder {
     /// view of a delivery [`Recorder::delivered_at`] already classified).
     pub fn timed_only(&self, stamp: &Stamp, now: u64) {
         self.with_slot(|h| {
-            record(&mut h.corrected, now.saturating_sub(stamp.intended));
-            record(&mut h.naive, now.saturating_sub(stamp.sent));
-            h.delivered += 1;
+            h.timed(stamp, now);
         });
     }
 
@@ -245,6 +250,55 @@ impl Recorder {
             }
         }
         all
+    }
+}
+
+/// Calls `done` every 500 µs until it returns true (then true) or `timeout`
+/// passes (then false). For waiting at the end of a step, not on a hot path.
+pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// Wall-clock pacing for background threads (a churner, a sampler): tick
+/// `n` is due `n` intervals after the start; a late tick is not made up by
+/// sleeping less than zero, the next one catches up.
+#[derive(Debug)]
+pub struct Ticker {
+    started: Instant,
+    interval: Duration,
+    ticks: u32,
+}
+
+impl Ticker {
+    /// Starts counting now.
+    pub fn new(interval: Duration) -> Self {
+        Ticker {
+            started: Instant::now(),
+            interval,
+            ticks: 0,
+        }
+    }
+
+    /// Sleeps until the next tick is due.
+    pub fn wait(&mut self) {
+        self.ticks += 1;
+        if let Some(wait) = (self.interval * self.ticks).checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 }
 

@@ -3,14 +3,14 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use topicbus::{Bus, OverflowPolicy, SubscribeOptions};
 
-use crate::measure::{now_ns, rss_bytes};
+use crate::measure::{now_ns, rss_bytes, Ticker};
 use crate::report::{
     fmt_mib, fmt_ns, fmt_rate, median, quantile_cells, quantile_header, spread, Goal, Plot, Report,
 };
@@ -738,11 +738,9 @@ impl Churner {
             let mut rng = SmallRng::seed_from_u64(7);
             let mut changes = 0u64;
             let mut next = n;
-            let started = Instant::now();
-            let tick = Duration::from_millis(1);
+            let mut ticker = Ticker::new(Duration::from_millis(1));
             let per_tick = rate / 1_000.0;
             let mut owed = 0.0;
-            let mut ticks = 0u32;
             while !flag.load(Ordering::Relaxed) {
                 if rate > 0.0 {
                     owed += per_tick;
@@ -758,20 +756,17 @@ impl Churner {
                             next += 1;
                             match bus.receiver_with(opts) {
                                 Ok(r) => rx.push(r),
-                                Err(_) => return (changes, started.elapsed()),
+                                Err(_) => return (changes, ticker.elapsed()),
                             }
                         }
                         changes += 1;
                     }
                 }
                 // Pace by the wall clock (the churner is load, not a
-                // measurement: a late tick catches up on the next).
-                ticks += 1;
-                if let Some(wait) = (tick * ticks).checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
+                // measurement).
+                ticker.wait();
             }
-            (changes, started.elapsed())
+            (changes, ticker.elapsed())
         });
         Churner {
             stop,
@@ -1083,14 +1078,10 @@ pub fn soak(o: &Opts) -> Report {
         std::thread::spawn(move || {
             let start = now_ns();
             let mut samples = Vec::new();
-            let mut ticks = 0u32;
-            let started = Instant::now();
+            let mut ticker = Ticker::new(interval);
             while !stop.load(Ordering::Relaxed) {
                 samples.push(((now_ns() - start) as f64 / 1e9, rss_bytes()));
-                ticks += 1;
-                if let Some(wait) = (interval * ticks).checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
+                ticker.wait();
             }
             samples
         })

@@ -351,17 +351,10 @@ impl Target for TopicbusTarget {
     }
 
     fn drain(&mut self, _sink: &Sink, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
+        measure::poll_until(timeout, || {
             let t = self.bus.stats().total;
-            if t.settled() >= t.delivered {
-                return true;
-            }
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
+            t.settled() >= t.delivered
+        })
     }
 
     fn stop(self: Box<Self>) -> Extra {
@@ -490,16 +483,7 @@ impl Target for HandRolled {
 }
 
 fn wait_settled(sink: &Sink, expected: u64, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if sink.settled() >= expected {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
+    measure::poll_until(timeout, || sink.settled() >= expected)
 }
 
 // ------------------------------------------------------------- raw channel
