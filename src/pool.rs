@@ -94,24 +94,15 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Starts `workers` threads named `topicbus-worker-<n>`.
+    /// Starts `workers` threads named `topicbus-worker-<n>`; `on_start(n)`,
+    /// when given, runs first on worker `n`'s thread (to pin it to a core,
+    /// register it with a profiler, …).
     ///
     /// # Errors
     ///
     /// The OS error when a thread cannot be spawned; the threads already
     /// started are stopped and joined first.
-    #[cfg_attr(not(any(test, topicbus_loom)), allow(dead_code))]
-    pub fn new(workers: usize) -> std::io::Result<Self> {
-        Self::with_start_hook(workers, None)
-    }
-
-    /// [`Pool::new`], with `on_start(n)` called first on worker `n`'s
-    /// thread (to pin it to a core, name it for a profiler, …).
-    ///
-    /// # Errors
-    ///
-    /// As [`Pool::new`].
-    pub fn with_start_hook(workers: usize, on_start: Option<StartHook>) -> std::io::Result<Self> {
+    pub fn new(workers: usize, on_start: Option<StartHook>) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: UnboundedQueue::new(),
             sleepers: AtomicUsize::new(0),

@@ -24,7 +24,7 @@ impl Task for Signal {
 #[test]
 fn a_scheduled_task_wakes_a_parked_worker() {
     loom::model(|| {
-        let pool = Pool::new(1).expect("spawn");
+        let pool = Pool::new(1, None).expect("spawn");
         let signal = Arc::new(Signal {
             done: Mutex::new(false),
             cv: Condvar::new(),

@@ -283,7 +283,7 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
         };
         let inner = Arc::new(Inner {
             registry: Registry::new(),
-            pool: Pool::with_start_hook(workers, self.on_worker_start)?,
+            pool: Pool::new(workers, self.on_worker_start)?,
             state: AtomicU8::new(OPEN),
             limits: self.limits,
             capacity,

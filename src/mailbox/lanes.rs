@@ -166,7 +166,7 @@ impl<T> Lanes<T> {
     pub fn pop(&self) -> Option<T> {
         let item = self.take();
         if item.is_some() {
-            self.release_one();
+            self.wake_waiters(false);
         }
         item
     }
@@ -185,20 +185,20 @@ impl<T> Lanes<T> {
     /// Wakes every publisher blocked on a full lane (after
     /// [`pop_quiet`](Self::pop_quiet) freed slots).
     pub fn release(&self) {
-        // Pairs with the fence in `push_blocking`.
-        fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::Relaxed) > 0 {
-            let _guard = self.lock.lock();
-            self.space.notify_all();
-        }
+        self.wake_waiters(true);
     }
 
-    fn release_one(&self) {
+    /// Notifies one (or every) blocked publisher, if any is registered.
+    fn wake_waiters(&self, all: bool) {
         // Pairs with the fence in `push_blocking`.
         fence(Ordering::SeqCst);
         if self.waiters.load(Ordering::Relaxed) > 0 {
             let _guard = self.lock.lock();
-            self.space.notify_one();
+            if all {
+                self.space.notify_all();
+            } else {
+                self.space.notify_one();
+            }
         }
     }
 

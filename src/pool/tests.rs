@@ -22,7 +22,7 @@ impl Task for Count {
 
 #[test]
 fn every_scheduled_task_runs_once() {
-    let pool = StdArc::new(Pool::new(2).unwrap());
+    let pool = StdArc::new(Pool::new(2, None).unwrap());
     let count = StdArc::new(Count(StdAtomicUsize::new(0)));
     let schedulers: Vec<_> = (0..2)
         .map(|_| {
@@ -55,7 +55,7 @@ impl Task for Batches {
 
 #[test]
 fn a_task_that_asks_is_rescheduled_until_done() {
-    let pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2, None).unwrap();
     let task = StdArc::new(Batches {
         runs: StdAtomicUsize::new(0),
         wanted: 100,
@@ -75,7 +75,7 @@ impl Task for Boom {
 
 #[test]
 fn a_panicking_task_does_not_kill_its_worker() {
-    let pool = Pool::new(1).unwrap();
+    let pool = Pool::new(1, None).unwrap();
     // (The two panic messages in the test output are expected.)
     pool.schedule(StdArc::new(Boom));
     pool.schedule(StdArc::new(Boom));
@@ -90,7 +90,7 @@ fn a_panicking_task_does_not_kill_its_worker() {
 
 #[test]
 fn shutdown_drains_the_queue_and_is_idempotent() {
-    let pool = Pool::new(2).unwrap();
+    let pool = Pool::new(2, None).unwrap();
     let count = StdArc::new(Count(StdAtomicUsize::new(0)));
     for _ in 0..1_000 {
         pool.schedule(count.clone());
@@ -113,7 +113,7 @@ impl Task for Named {
 
 #[test]
 fn workers_are_named_and_joined() {
-    let pool = Pool::new(3).unwrap();
+    let pool = Pool::new(3, None).unwrap();
     let named = StdArc::new(Named(std::sync::Mutex::new(Vec::new())));
     for _ in 0..50 {
         pool.schedule(named.clone());
@@ -147,7 +147,7 @@ impl Task for Busy {
 
 #[test]
 fn concurrent_shutdowns_both_wait_for_the_joins() {
-    let pool = StdArc::new(Pool::new(2).unwrap());
+    let pool = StdArc::new(Pool::new(2, None).unwrap());
     let count = StdArc::new(Busy(StdAtomicUsize::new(0)));
     for _ in 0..2_000 {
         pool.schedule(count.clone());
