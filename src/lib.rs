@@ -99,13 +99,15 @@ mod message;
 #[allow(unreachable_pub)]
 mod pool;
 pub mod registry;
+mod reliability;
 mod sync;
 mod topic;
 
 pub use crate::bus::{
     BatchError, BatchReceipt, BoxError, BuildError, Bus, BusBuilder, BusStats, Confirmation,
-    Counts, Delivery, DropReason, Drops, GroupStrategy, HandlerResult, IntoTopic, Outcome,
-    PatternArg, PublishError, Receipt, Receiver, RecvError, RecvTimeoutError, ShutdownError,
+    Counts, DeadLettered, DeadLetters, DelayedStats, Delivery, DropReason, Drops, GroupStrategy,
+    HandlerResult, IntoTopic, Outcome, PatternArg, PublishError, Receipt, Receiver, RecvError,
+    RecvTimeoutError, ReplayError, ReplaySummary, Replier, RequestError, ShutdownError,
     ShutdownReport, SubStats, SubscribeError, SubscribeOptions, Subscription, TryRecvError,
     WeakBus, DEFAULT_BATCH, DEFAULT_CAPACITY, DEFAULT_DROP_TIMEOUT,
 };
@@ -113,6 +115,11 @@ pub use crate::mailbox::lanes::OverflowPolicy;
 pub use crate::message::{
     check_payload_size, HeaderText, Headers, Message, MessageBuilder, MessageId, PayloadSize,
     PayloadTooLarge, Priority, DEFAULT_MAX_PAYLOAD,
+};
+pub use crate::reliability::{
+    BreakerWindow, CircuitBreaker, CircuitState, Classifier, Clock, DeadLetter, DeadLetterId,
+    DeadLetterQuery, DeadLetterReason, DeadLetterSink, DeadLetterStats, Dedup, ErrorKind, Failure,
+    ManualClock, Permanent, RetryOrder, RetryPolicy, SystemClock, WhenOpen,
 };
 pub use crate::topic::{
     Level, Limits, Pattern, Topic, TopicError, TopicErrorKind, HASH, SEPARATOR, STAR,

@@ -44,6 +44,10 @@ pub enum PublishError {
         /// What the publish did elsewhere.
         receipt: Receipt,
     },
+    /// A reply to a message that names no `reply_to`; nothing was
+    /// published.
+    #[error("the message has no reply_to: nothing to reply to")]
+    NoReplyTo,
 }
 
 /// Why a subscribe failed.

@@ -28,40 +28,57 @@
 //! keep what was queued for them.
 
 mod confirm;
+mod dead_letters;
 mod error;
+mod filter;
+mod hooks;
 mod options;
 mod receiver;
+mod request;
+mod services;
 mod stats;
 mod sub;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use smallvec::SmallVec;
 
 use crate::mailbox::lanes::OverflowPolicy;
 use crate::message::{Message, MessageBuilder, PayloadSize, PayloadTooLarge};
 use crate::pool::Pool;
-use crate::registry::Registry;
+use crate::registry::{Registry, SubscriptionId};
+use crate::reliability::timer::{Fire, Timer};
+use crate::reliability::{
+    Breaker, CircuitState, Clock, DeadLetter, DeadLetterQueue, DeadLetterReason, DeadLetterSink,
+    Failure, NewLetter, SystemClock,
+};
 use crate::sync::atomic::{AtomicU8, Ordering};
 use crate::sync::{wait_deadline, Mutex};
 use crate::topic::Limits;
 
 pub(crate) use confirm::Tracker;
 pub use confirm::{Confirmation, Delivery};
+pub use dead_letters::{DeadLetters, ReplayError, ReplaySummary};
 pub use error::{
     BuildError, PublishError, RecvError, RecvTimeoutError, ShutdownError, SubscribeError,
     TryRecvError,
 };
 pub use options::{GroupStrategy, IntoTopic, PatternArg, SubscribeOptions, Subscription};
 pub use receiver::Receiver;
-pub use stats::{BusStats, Counts, DropReason, Drops, Outcome, Receipt, SubStats};
+pub use request::{Replier, RequestError};
+pub use stats::{
+    BusStats, Counts, DeadLettered, DelayedStats, DropReason, Drops, Outcome, Receipt, SubStats,
+};
 
+use filter::{Gate, Screen};
+use hooks::Hooks;
 use options::Handle;
+use services::Services;
 use stats::{Entered, Publishes, Totals};
-use sub::{Group, HandlerFn, Make, Offered, Spec, Sub};
+use sub::{DeadLetterOn, Group, HandlerFn, Make, Offered, Reliable, Spec, Sub};
 
 /// A handler's error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -148,6 +165,10 @@ pub struct BusBuilder<T> {
     max_payload: Option<(usize, SizeCheck<T>)>,
     drop_timeout: Duration,
     on_worker_start: Option<crate::pool::StartHook>,
+    clock: Option<Arc<dyn Clock>>,
+    dead_letters: Option<usize>,
+    dead_letter_sink: Option<Arc<dyn DeadLetterSink<T>>>,
+    hooks: Hooks<T>,
 }
 
 impl<T> std::fmt::Debug for BusBuilder<T> {
@@ -161,6 +182,10 @@ impl<T> std::fmt::Debug for BusBuilder<T> {
             .field("max_payload", &self.max_payload.map(|(n, _)| n))
             .field("drop_timeout", &self.drop_timeout)
             .field("on_worker_start", &self.on_worker_start.is_some())
+            .field("clock", &self.clock)
+            .field("dead_letters", &self.dead_letters)
+            .field("dead_letter_sink", &self.dead_letter_sink.is_some())
+            .field("hooks", &self.hooks)
             .finish()
     }
 }
@@ -178,6 +203,10 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
             max_payload: None,
             drop_timeout: DEFAULT_DROP_TIMEOUT,
             on_worker_start: None,
+            clock: None,
+            dead_letters: None,
+            dead_letter_sink: None,
+            hooks: Hooks::default(),
         }
     }
 
@@ -264,6 +293,119 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
         self
     }
 
+    /// The clock for expiry, delays, retries, breakers, deduplication and
+    /// dead-letter times (default: the system clocks). Tests give a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Keeps a dead-letter queue of at most `capacity` letters (the oldest
+    /// are evicted, counted); see [`Bus::dead_letters`]. Without it, failed
+    /// messages are only counted.
+    pub fn dead_letters(mut self, capacity: usize) -> Self {
+        self.dead_letters = Some(capacity);
+        self
+    }
+
+    /// Also hands every dead letter to `sink` (needs
+    /// [`dead_letters`](Self::dead_letters)).
+    pub fn dead_letter_sink(mut self, sink: Arc<dyn DeadLetterSink<T>>) -> Self {
+        self.dead_letter_sink = Some(sink);
+        self
+    }
+
+    /// Calls `hook(message, receipt)` after every publish (on the
+    /// publisher's thread).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use topicbus::Bus;
+    /// let seen = Arc::new(AtomicU64::new(0));
+    /// let s = seen.clone();
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .on_publish(move |_m, r| { s.fetch_add(u64::from(r.matched), Ordering::Relaxed); })
+    ///     .build()?;
+    /// let _rx = bus.receiver("a")?;
+    /// bus.publish("a", 1)?;
+    /// assert_eq!(seen.load(Ordering::Relaxed), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_publish(
+        mut self,
+        hook: impl Fn(&Message<T>, &Receipt) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_publish = Some(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook(message, subscription)` on the worker just before a
+    /// handler runs (every attempt).
+    pub fn on_deliver(
+        mut self,
+        hook: impl Fn(&Message<T>, SubscriptionId) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_deliver = Some(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook(message, subscription, failure)` when a handler fails or
+    /// panics (every attempt).
+    pub fn on_error(
+        mut self,
+        hook: impl Fn(&Message<T>, SubscriptionId, &Failure) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_error = Some(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook(message, subscription, next_attempt, delay)` when a
+    /// retry is scheduled.
+    pub fn on_retry(
+        mut self,
+        hook: impl Fn(&Message<T>, SubscriptionId, u32, Duration) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_retry = Some(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook(letter)` for every dead letter.
+    pub fn on_dead_letter(mut self, hook: impl Fn(&DeadLetter<T>) + Send + Sync + 'static) -> Self {
+        self.hooks.on_dead_letter = Some(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook(message, subscription)` when a message expires before
+    /// its handler saw it.
+    pub fn on_expire(
+        mut self,
+        hook: impl Fn(&Message<T>, SubscriptionId) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_expire = Some(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook(subscription, from, to)` when a circuit breaker changes
+    /// state.
+    pub fn on_circuit_change(
+        mut self,
+        hook: impl Fn(SubscriptionId, CircuitState, CircuitState) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_circuit_change = Some(Box::new(hook));
+        self
+    }
+
+    /// Calls `hook(report)` when the shutdown finished.
+    pub fn on_shutdown(mut self, hook: impl Fn(&ShutdownReport) + Send + Sync + 'static) -> Self {
+        self.hooks.on_shutdown = Some(Box::new(hook));
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -281,9 +423,31 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
+        if self.dead_letter_sink.is_some() && self.dead_letters.is_none() {
+            return Err(BuildError::Config(
+                "a dead-letter sink needs a dead-letter queue (`dead_letters`)",
+            ));
+        }
+        if self.dead_letters == Some(0) {
+            return Err(BuildError::Config("dead_letters must be at least 1"));
+        }
+        let timer_clock: Arc<dyn Clock> = match &self.clock {
+            Some(c) => Arc::clone(c),
+            None => Arc::new(SystemClock),
+        };
+        let services = Arc::new(Services {
+            pool: Pool::new(workers, self.on_worker_start)?,
+            clock: self.clock,
+            timer: Timer::new(timer_clock),
+            dlq: self
+                .dead_letters
+                .map(|cap| Arc::new(DeadLetterQueue::new(cap, self.dead_letter_sink))),
+            hooks: (!self.hooks.is_empty()).then(|| Box::new(self.hooks)),
+            draining: crate::sync::atomic::AtomicBool::new(false),
+        });
         let inner = Arc::new(Inner {
             registry: Registry::new(),
-            pool: Pool::new(workers, self.on_worker_start)?,
+            services,
             state: AtomicU8::new(OPEN),
             limits: self.limits,
             capacity,
@@ -291,6 +455,8 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
             batch: self.batch,
             max_payload: self.max_payload,
             publishes: Publishes::new(),
+            delayed: Delayed::default(),
+            inbox: Mutex::new(None),
             groups: Mutex::new(HashMap::new()),
             books: Mutex::new(Books::default()),
             report: Mutex::new(None),
@@ -365,8 +531,7 @@ impl Books {
             if Arc::strong_count(c) == 1 {
                 // Final: nobody else can reach these counters any more.
                 std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-                let (delivered, outcomes) = c.read();
-                retired.add(delivered, &outcomes);
+                retired.add(&c.read());
                 false
             } else {
                 true
@@ -374,17 +539,39 @@ impl Books {
         });
         let mut total = *retired;
         for c in &self.gone {
-            let (delivered, outcomes) = c.read();
-            total.add(delivered, &outcomes);
+            total.add(&c.read());
         }
         total
+    }
+}
+
+/// Counters of delayed deliveries.
+#[derive(Debug, Default)]
+struct Delayed {
+    scheduled: crate::sync::atomic::AtomicU64,
+    delivered: crate::sync::atomic::AtomicU64,
+    given_up: crate::sync::atomic::AtomicU64,
+}
+
+impl Delayed {
+    fn stats(&self) -> DelayedStats {
+        // Settled counts first: `pending` never reads below zero.
+        let delivered = self.delivered.load(Ordering::Acquire);
+        let given_up = self.given_up.load(Ordering::Acquire);
+        let scheduled = self.scheduled.load(Ordering::Acquire);
+        DelayedStats {
+            scheduled,
+            delivered,
+            given_up,
+            pending: scheduled.saturating_sub(delivered + given_up),
+        }
     }
 }
 
 /// The shared state behind every handle.
 pub(crate) struct Inner<T> {
     registry: Registry<Arc<Sub<T>>>,
-    pub(crate) pool: Pool,
+    pub(crate) services: Arc<Services<T>>,
     state: AtomicU8,
     limits: Limits,
     capacity: NonZeroUsize,
@@ -392,6 +579,9 @@ pub(crate) struct Inner<T> {
     batch: usize,
     max_payload: Option<(usize, SizeCheck<T>)>,
     publishes: Publishes,
+    delayed: Delayed,
+    /// The request-reply inbox, made by the first request.
+    inbox: Mutex<Option<Arc<request::Inbox<T>>>>,
     groups: Mutex<HashMap<String, Weak<Group>>>,
     /// Counters of unsubscribed subscriptions; see [`Books`].
     books: Mutex<Books>,
@@ -474,7 +664,7 @@ impl<T: Send + Sync + 'static> std::fmt::Debug for Bus<T> {
         f.debug_struct("Bus")
             .field("state", &inner.state.load(Ordering::Relaxed))
             .field("subscriptions", &inner.registry.load().len())
-            .field("pool", &inner.pool)
+            .field("services", &inner.services)
             .finish_non_exhaustive()
     }
 }
@@ -550,6 +740,12 @@ pub struct BatchReceipt {
     pub dropped: u64,
     /// Summed over the messages (a batch does not stop on rejection).
     pub rejected: u64,
+    /// Summed over the messages.
+    pub expired: u64,
+    /// Summed over the messages.
+    pub filtered: u64,
+    /// Summed over the messages.
+    pub duplicates: u64,
 }
 
 impl BatchReceipt {
@@ -559,6 +755,9 @@ impl BatchReceipt {
         self.enqueued += u64::from(r.enqueued);
         self.dropped += u64::from(r.dropped);
         self.rejected += u64::from(r.rejected);
+        self.expired += u64::from(r.expired);
+        self.filtered += u64::from(r.filtered);
+        self.duplicates += u64::from(r.duplicates);
     }
 }
 
@@ -654,6 +853,12 @@ impl<T: Send + Sync + 'static> Bus<T> {
         let entered = inner.publishes.enter();
         inner.check_open()?;
         let msg = inner.admit(message.into())?;
+        if let Some(at) = msg.deliver_at() {
+            if let Some(receipt) = inner.schedule_delayed(&msg, at) {
+                entered.commit();
+                return Ok(receipt);
+            }
+        }
         inner.send(entered, &msg)
     }
 
@@ -809,6 +1014,106 @@ impl<T: Send + Sync + 'static> Bus<T> {
         }))
     }
 
+    /// The bus's dead letters, when it keeps them (see
+    /// [`BusBuilder::dead_letters`]).
+    pub fn dead_letters(&self) -> Option<DeadLetters<T>> {
+        let inner = self.inner();
+        inner
+            .services
+            .dlq
+            .as_ref()
+            .map(|q| DeadLetters::new(Arc::clone(q), Arc::downgrade(inner)))
+    }
+
+    /// Sends `payload` to `topic` as a request and waits up to `timeout`
+    /// for the first reply (see [`Message::reply`]). The request carries a
+    /// fresh correlation id and the bus's inbox as `reply_to`.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError::NoResponders`] when no subscription matched,
+    /// [`RequestError::Timeout`], [`RequestError::Closed`] when the bus
+    /// shut down meanwhile, [`RequestError::Publish`] as
+    /// [`publish`](Self::publish).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<String>::builder().workers(2).build()?;
+    /// let weak = bus.downgrade();
+    /// let _echo = bus.subscribe("svc.echo", move |m: &Message<String>| {
+    ///     m.reply(&weak, m.payload().to_uppercase()).map(drop)
+    /// })?;
+    /// let reply = bus.request("svc.echo", "hi".into(), Duration::from_secs(10))?;
+    /// assert_eq!(reply.payload(), "HI");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn request(
+        &self,
+        topic: impl IntoTopic,
+        payload: T,
+        timeout: Duration,
+    ) -> Result<Arc<Message<T>>, RequestError> {
+        let inner = self.inner();
+        let topic = topic
+            .into_topic(&inner.limits)
+            .map_err(PublishError::from)?;
+        self.request_message(inner.stamp(Message::builder(topic, payload)), timeout)
+    }
+
+    /// [`request`](Self::request) with a message built by the caller
+    /// (headers, priority, expiry …); its correlation id and `reply_to` are
+    /// set here.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request).
+    pub fn request_message(
+        &self,
+        message: MessageBuilder<T>,
+        timeout: Duration,
+    ) -> Result<Arc<Message<T>>, RequestError> {
+        let inner = self.inner();
+        let inbox = inner.inbox()?;
+        let corr = crate::MessageId::new();
+        let waiter = inbox.expect(corr);
+        let message = message.correlation_id(corr).reply_to(inbox.topic.clone());
+        // The timeout counts from before the publish (which may block on a
+        // full mailbox).
+        let key = inner
+            .services
+            .timer
+            .schedule_in(timeout, inbox.timeout_job(corr));
+        let refused = match self.publish_message(message) {
+            Err(e) => Some(e.into()),
+            Ok(r) if r.matched == 0 && !r.delayed => Some(RequestError::NoResponders),
+            Ok(_) => None,
+        };
+        if let Some(e) = refused {
+            inner.services.timer.cancel(key);
+            inbox.forget(waiter.corr);
+            return Err(e);
+        }
+        let result = waiter.wait();
+        inner.services.timer.cancel(key);
+        result
+    }
+
+    /// Publishes `payload` as the reply to `request`: to its `reply_to`,
+    /// with its correlation id, caused by it.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::NoReplyTo`] when `request` names no `reply_to`; else
+    /// as [`publish`](Self::publish).
+    pub fn reply(&self, request: &Message<T>, payload: T) -> Result<Receipt, PublishError> {
+        let to = request.reply_to().ok_or(PublishError::NoReplyTo)?.clone();
+        let reply = Message::builder(to, payload).caused_by(request);
+        self.publish_message(self.inner().stamp(reply))
+    }
+
     /// Counters of every subscription and in total.
     pub fn stats(&self) -> BusStats {
         let inner = self.inner();
@@ -822,11 +1127,14 @@ impl<T: Send + Sync + 'static> Bus<T> {
             .map(|e| e.value().stats())
             .collect();
         let gone = books.read();
+        let hook_panics = inner.services.hooks.as_ref().map_or(0, |h| h.panics());
         BusStats::new(
             inner.publishes.published(),
             subs,
             &gone,
-            inner.pool.panics(),
+            (inner.services.pool.panics(), hook_panics),
+            inner.delayed.stats(),
+            inner.inbox.lock().as_ref().map_or(0, |i| i.late()),
         )
     }
 
@@ -899,7 +1207,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
     ) -> Result<Arc<Message<T>>, PublishError> {
         let topic = topic.into_topic(&self.limits)?;
         self.check_payload(&payload)?;
-        let mut msg = Message::builder(topic, payload).build();
+        let mut msg = self.stamp(Message::builder(topic, payload)).build();
         msg.tracker = tracker;
         Ok(Arc::new(msg))
     }
@@ -911,6 +1219,91 @@ impl<T: Send + Sync + 'static> Inner<T> {
         let receipt = self.dispatch(&self.registry.load(), msg);
         entered.commit();
         receipt.into_result()
+    }
+
+    /// Stamps the creation time from the bus's clock, when it has its own
+    /// (the system clock's reading is the builder's default).
+    #[inline]
+    fn stamp(&self, builder: MessageBuilder<T>) -> MessageBuilder<T> {
+        match &self.services.clock {
+            Some(c) => builder.timestamp(c.wall()),
+            None => builder,
+        }
+    }
+
+    /// The request-reply inbox, subscribed on first use.
+    fn inbox(self: &Arc<Self>) -> Result<Arc<request::Inbox<T>>, SubscribeError> {
+        let mut slot = self.inbox.lock();
+        if let Some(inbox) = &*slot {
+            return Ok(Arc::clone(inbox));
+        }
+        let inbox = request::Inbox::new();
+        let deliver = Arc::clone(&inbox);
+        let handler: HandlerFn<T> = Box::new(move |m| {
+            deliver.deliver(m);
+            Ok(())
+        });
+        let options = SubscribeOptions::new()
+            .pattern(inbox.topic.as_str())
+            .inline(true);
+        let sub = self.add(&options, Make::Inline(handler))?;
+        *inbox.sub.lock() = Some(sub);
+        *slot = Some(Arc::clone(&inbox));
+        Ok(inbox)
+    }
+
+    /// Puts a message due at `at` on the timer; `None` when it is due
+    /// already (publish it now).
+    fn schedule_delayed(
+        self: &Arc<Self>,
+        msg: &Arc<Message<T>>,
+        at: SystemTime,
+    ) -> Option<Receipt> {
+        let wait = at.duration_since(self.services.wall()).ok()?;
+        if wait.is_zero() {
+            return None;
+        }
+        self.delayed.scheduled.fetch_add(1, Ordering::Relaxed);
+        let (me, m) = (Arc::clone(self), Arc::clone(msg));
+        self.services
+            .timer
+            .schedule_in(wait, Box::new(move |fire| me.delayed_fired(&m, fire)));
+        let mut receipt = Receipt::new(msg.id());
+        receipt.delayed = true;
+        Some(receipt)
+    }
+
+    /// A delayed message came due: routed through the subscriptions of
+    /// now, unless the bus is shutting down, when it is given up (a dead
+    /// letter with reason shutdown, when the bus keeps them).
+    fn delayed_fired(&self, msg: &Arc<Message<T>>, fire: Fire) {
+        // Entered like a publish, so shutdown waits for the routing; not
+        // committed: `published` counted it when it was scheduled.
+        let entered = self.publishes.enter();
+        if fire == Fire::Due && self.check_open().is_ok() {
+            // Counted first, so a subscriber that got it never sees it
+            // pending.
+            self.delayed.delivered.fetch_add(1, Ordering::Release);
+            self.dispatch(&self.registry.load(), msg);
+            drop(entered);
+            return;
+        }
+        drop(entered);
+        if let Some(queue) = &self.services.dlq {
+            let now = self.services.wall();
+            let letter = queue.insert(NewLetter {
+                message: Arc::clone(msg),
+                subscription: None,
+                reason: DeadLetterReason::Shutdown,
+                error: None,
+                attempts: 0,
+                first_failure: now,
+                last_failure: now,
+            });
+            self.services
+                .hooks(|h| h.call(&h.on_dead_letter, |f| f(&letter)));
+        }
+        self.delayed.given_up.fetch_add(1, Ordering::Release);
     }
 
     /// Checks a caller-built message against the bus's limits.
@@ -932,13 +1325,24 @@ impl<T: Send + Sync + 'static> Inner<T> {
         snapshot.for_each_match(msg.topic(), |entry| {
             let sub = entry.value();
             if sub.group.is_some() {
-                grouped.push(sub);
+                if sub.accepts(msg) {
+                    grouped.push(sub);
+                } else {
+                    receipt.filtered += 1;
+                }
             } else {
-                self.offer(sub, msg, &mut receipt);
+                match sub.screen(msg) {
+                    Screen::Pass => self.offer(sub, msg, &mut receipt),
+                    Screen::Filtered => receipt.filtered += 1,
+                    Screen::Duplicate => receipt.duplicates += 1,
+                }
             }
         });
         if !grouped.is_empty() {
             self.dispatch_groups(&mut grouped, msg, &mut receipt);
+        }
+        if let Some(hooks) = &self.services.hooks {
+            hooks.call(&hooks.on_publish, |f| f(msg, &receipt));
         }
         receipt
     }
@@ -946,14 +1350,16 @@ impl<T: Send + Sync + 'static> Inner<T> {
     #[inline]
     fn offer(&self, sub: &Sub<T>, msg: &Arc<Message<T>>, receipt: &mut Receipt) {
         receipt.matched += 1;
-        match sub.offer(&self.pool, msg) {
+        match sub.offer(&self.services.pool, msg) {
             Offered::Enqueued => receipt.enqueued += 1,
             Offered::Dropped => receipt.dropped += 1,
             Offered::Rejected => receipt.rejected += 1,
+            Offered::Expired => receipt.expired += 1,
         }
     }
 
-    /// One member per matched queue group.
+    /// One member per matched queue group (among the members whose filters
+    /// accept the message).
     #[cold]
     fn dispatch_groups(
         &self,
@@ -978,6 +1384,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     .copied()
                     .unwrap_or(members[0]),
             };
+            // The window is the chosen member's.
+            if chosen.dedup(msg) == Screen::Duplicate {
+                receipt.duplicates += 1;
+                continue;
+            }
             self.offer(chosen, msg, receipt);
         }
     }
@@ -999,6 +1410,34 @@ impl<T: Send + Sync + 'static> Inner<T> {
         if batch == 0 {
             return Err(SubscribeError::Options("batch must be at least 1"));
         }
+        let handler_kind = match &make {
+            Make::Callback(..) => 0,
+            Make::Inline(_) => 1,
+            Make::Pull => 2,
+        };
+        if (options.retry.is_some() || options.breaker.is_some()) && handler_kind != 0 {
+            return Err(SubscribeError::Options(
+                "retries and circuit breakers need a handler run by the workers (not inline, not a receiver)",
+            ));
+        }
+        let mut gate = Gate::new(&options.filter, options.dedup, options.dedup_key.as_ref())
+            .map_err(SubscribeError::Options)?
+            .map(Box::new);
+        let mut rel = (options.retry.is_some() || options.breaker.is_some()).then(|| {
+            Box::new(Reliable::new(
+                options.retry.clone(),
+                options.breaker.map(Breaker::new),
+            ))
+        });
+        let dead_letter = if self.services.dlq.is_some() {
+            DeadLetterOn {
+                failures: options.dead_letter.unwrap_or(true),
+                expired: options.dead_letter_expired,
+                overflow: options.dead_letter_overflow,
+            }
+        } else {
+            DeadLetterOn::default()
+        };
         let group = match &options.group {
             None => None,
             Some((name, strategy)) => Some(self.group(name, *strategy)?),
@@ -1021,7 +1460,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     group,
                     batch,
                     paused: options.paused,
-                    probe: self.pool.probe(),
+                    probe: self.services.pool.probe(),
+                    services: Arc::clone(&self.services),
+                    gate: gate.take(),
+                    rel: rel.take(),
+                    dead_letter,
                 };
                 let sub = Sub::new(spec, make);
                 created = Some(Arc::clone(&sub));
@@ -1088,11 +1531,17 @@ impl<T: Send + Sync + 'static> Inner<T> {
             })
         };
         let (settled_before, _) = settled(&subs);
+        // Holds give up from now on; retries and delayed messages waiting in
+        // the timer are settled now (retries as dead letters or dropped,
+        // reason shutdown; delayed messages likewise, see `delayed_fired`).
+        self.services.draining.store(true, Ordering::SeqCst);
         for s in &subs {
             if s.paused.load(Ordering::SeqCst) {
-                s.resume(&self.pool);
+                s.resume(&self.services.pool);
             }
+            s.on_draining();
         }
+        self.services.timer.stop();
 
         // Wait for the workers to drain every mailbox. Polled with a short
         // backoff: shutdown is rare and a notification path would cost every
@@ -1120,7 +1569,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
                 s.close(true, false);
             }
         }
-        let workers_joined = self.pool.shutdown_until(wait_deadline(deadline));
+        let workers_joined = self.services.pool.shutdown_until(wait_deadline(deadline));
         // Final sweep: anything a stopped (or stuck) worker left behind.
         for s in &subs {
             if !s.is_pull() {
@@ -1145,6 +1594,8 @@ impl<T: Send + Sync + 'static> Inner<T> {
             elapsed: start.elapsed(),
         };
         *report = Some(r.clone());
+        drop(report);
+        self.services.hooks(|h| h.call(&h.on_shutdown, |f| f(&r)));
         Ok(r)
     }
 }

@@ -4,9 +4,12 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Weak};
 
 use crate::mailbox::lanes::OverflowPolicy;
+use crate::message::Message;
 use crate::registry::SubscriptionId;
+use crate::reliability::{CircuitBreaker, Dedup, RetryPolicy};
 use crate::topic::{Limits, Pattern, Topic, TopicError};
 
+use super::filter::{FilterSpec, HeaderRule, Typed};
 use super::stats::SubStats;
 use super::sub::Sub;
 use super::Inner;
@@ -140,6 +143,14 @@ pub struct SubscribeOptions {
     pub(crate) inline: bool,
     pub(crate) paused: bool,
     pub(crate) batch: Option<usize>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) breaker: Option<CircuitBreaker>,
+    pub(crate) dedup: Option<Dedup>,
+    pub(crate) dedup_key: Option<Typed>,
+    pub(crate) filter: FilterSpec,
+    pub(crate) dead_letter: Option<bool>,
+    pub(crate) dead_letter_expired: bool,
+    pub(crate) dead_letter_overflow: bool,
 }
 
 impl SubscribeOptions {
@@ -195,6 +206,180 @@ impl SubscribeOptions {
     /// [`Subscription::resume`].
     pub fn paused(mut self, paused: bool) -> Self {
         self.paused = paused;
+        self
+    }
+
+    /// Retries failed handler calls by `policy` (handler subscriptions
+    /// only; not inline).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, RetryPolicy, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let options = SubscribeOptions::new()
+    ///     .pattern("payments.#")
+    ///     .retry(RetryPolicy::new(3).backoff(Duration::from_millis(1), Duration::from_millis(5)));
+    /// let sub = bus.subscribe_with(options, |m: &Message<u32>| {
+    ///     if m.attempt() < 3 { Err("flaky") } else { Ok(()) }
+    /// })?;
+    /// bus.publish_confirmed("payments.in", 1, Duration::from_secs(10))?;
+    /// assert_eq!((sub.stats().handled, sub.stats().retried), (1, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Guards the handler with a circuit breaker (handler subscriptions
+    /// only; not inline).
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Suppresses messages seen within the window (by message id, or by the
+    /// key from [`dedup_by`](Self::dedup_by)).
+    pub fn dedup(mut self, window: Dedup) -> Self {
+        self.dedup = Some(window);
+        self
+    }
+
+    /// Deduplicates by a content key instead of the message id: two
+    /// messages with equal keys within the window are one. The key is
+    /// hashed to 64 bits. Needs [`dedup`](Self::dedup).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Dedup, Message, SubscribeOptions};
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(
+    ///     SubscribeOptions::new()
+    ///         .pattern("cmd")
+    ///         .dedup(Dedup::new(Duration::from_secs(60), 10_000))
+    ///         .dedup_by(|m: &Message<String>| m.payload().clone()),
+    /// )?;
+    /// bus.publish("cmd", "restart".to_string())?;
+    /// let again = bus.publish("cmd", "restart".to_string())?;
+    /// assert_eq!((again.matched, again.duplicates), (0, 1));
+    /// assert_eq!(rx.try_iter().count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn dedup_by<T: 'static, K: std::hash::Hash>(
+        mut self,
+        key: impl Fn(&Message<T>) -> K + Send + Sync + 'static,
+    ) -> Self {
+        self.dedup_key = Some(Typed::key(key));
+        self
+    }
+
+    /// The entity this subscription stands for: messages addressed
+    /// ([`to`](crate::MessageBuilder::to)) to another entity are filtered
+    /// out; broadcasts (no `to`) pass unless
+    /// [`directed_only`](Self::directed_only).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<&str>::builder().workers(1).build()?;
+    /// let billing = bus.receiver_with(SubscribeOptions::new().pattern("cmd.#").entity("billing"))?;
+    /// bus.publish_message(Message::builder("cmd.run".parse()?, "for billing").to("billing"))?;
+    /// bus.publish_message(Message::builder("cmd.run".parse()?, "for shipping").to("shipping"))?;
+    /// bus.publish("cmd.run", "for everyone")?;
+    /// let got: Vec<_> = billing.try_iter().map(|m| *m.payload()).collect();
+    /// assert_eq!(got, ["for billing", "for everyone"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn entity(mut self, entity: impl Into<std::sync::Arc<str>>) -> Self {
+        self.filter.entity = Some(entity.into());
+        self
+    }
+
+    /// With [`entity`](Self::entity): only messages addressed to it, no
+    /// broadcasts.
+    pub fn directed_only(mut self, on: bool) -> Self {
+        self.filter.directed_only = on;
+        self
+    }
+
+    /// Only broadcasts (messages without `to`).
+    pub fn broadcast_only(mut self, on: bool) -> Self {
+        self.filter.broadcast_only = on;
+        self
+    }
+
+    /// Only messages from `sender` (may be given several times: any of
+    /// them).
+    pub fn from_sender(mut self, sender: impl Into<std::sync::Arc<str>>) -> Self {
+        self.filter.senders.push(sender.into());
+        self
+    }
+
+    /// Only messages carrying header `name`.
+    pub fn header_present(mut self, name: impl Into<String>) -> Self {
+        self.filter.headers.push(HeaderRule::Present(name.into()));
+        self
+    }
+
+    /// Only messages whose header `name` equals `value`.
+    pub fn header_eq(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.filter
+            .headers
+            .push(HeaderRule::Equals(name.into(), value.into()));
+        self
+    }
+
+    /// Only messages `predicate` accepts. It runs on the publisher's thread
+    /// before the message takes a mailbox slot, so keep it quick. Its
+    /// payload type must be the bus's (checked when subscribing).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let big = bus.receiver_with(
+    ///     SubscribeOptions::new().pattern("orders").filter(|m: &Message<u32>| *m.payload() >= 100),
+    /// )?;
+    /// bus.publish("orders", 5)?;
+    /// bus.publish("orders", 500)?;
+    /// assert_eq!(big.try_iter().map(|m| *m.payload()).collect::<Vec<_>>(), [500]);
+    /// assert_eq!(big.stats().filtered, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn filter<T: 'static>(
+        mut self,
+        predicate: impl Fn(&Message<T>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.filter.predicate = Some(Typed::predicate(predicate));
+        self
+    }
+
+    /// Whether handler failures (after retries), panics, and an open
+    /// breaker's `DeadLetter` policy go to the bus's dead letters (default:
+    /// yes, when the bus keeps them; else they are counted as failed,
+    /// panicked or dropped).
+    pub fn dead_letter(mut self, on: bool) -> Self {
+        self.dead_letter = Some(on);
+        self
+    }
+
+    /// Whether expired messages go to the dead letters (default: no, they
+    /// are counted as expired).
+    pub fn dead_letter_expired(mut self, on: bool) -> Self {
+        self.dead_letter_expired = on;
+        self
+    }
+
+    /// Whether messages the overflow policy drops go to the dead letters
+    /// (default: no, they are counted as dropped).
+    pub fn dead_letter_overflow(mut self, on: bool) -> Self {
+        self.dead_letter_overflow = on;
         self
     }
 
@@ -302,7 +487,7 @@ impl<T: Send + Sync + 'static> Control for Handle<T> {
 
     fn resume(&self) {
         match self.bus.upgrade() {
-            Some(bus) => self.sub.resume(&bus.pool),
+            Some(bus) => self.sub.resume(&bus.services.pool),
             None => self
                 .sub
                 .paused

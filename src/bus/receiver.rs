@@ -174,9 +174,16 @@ impl<T: Send + Sync + 'static> Receiver<T> {
         if sub.paused.load(Ordering::Relaxed) {
             return None;
         }
-        let msg = sub.lanes.pop()?;
-        sub.settle(&msg, Outcome::Received);
-        Some(msg)
+        loop {
+            let msg = sub.lanes.pop()?;
+            // TTL at dequeue: an expired message is never handed out.
+            if sub.services.expired(&msg) {
+                sub.expire(&msg, 0);
+                continue;
+            }
+            sub.settle(&msg, Outcome::Received);
+            return Some(msg);
+        }
     }
 
     /// Waits until `deadline`; `None` (no deadline, or one beyond the

@@ -2,6 +2,7 @@
 
 use crate::message::MessageId;
 use crate::registry::SubscriptionId;
+use crate::reliability::DeadLetterReason;
 use crate::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a message was dropped for a subscription. Every drop is counted
@@ -31,11 +32,14 @@ pub enum DropReason {
     Unsubscribed,
     /// The bus shut down before the message could be handled.
     Shutdown,
+    /// The subscription's circuit breaker was open and its policy drops
+    /// (or dead-letters, on a bus without dead letters).
+    CircuitOpen,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Newest,
         DropReason::Oldest,
         DropReason::Rejected,
@@ -43,6 +47,7 @@ impl DropReason {
         DropReason::Paused,
         DropReason::Unsubscribed,
         DropReason::Shutdown,
+        DropReason::CircuitOpen,
     ];
 
     /// A short lower-case name, for logs and metric labels.
@@ -61,6 +66,7 @@ impl DropReason {
             DropReason::Paused => "paused",
             DropReason::Unsubscribed => "unsubscribed",
             DropReason::Shutdown => "shutdown",
+            DropReason::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -91,10 +97,22 @@ pub enum Outcome {
     Expired,
     /// Dropped, for the reason given.
     Dropped(DropReason),
+    /// Put in the bus's dead letters, for the reason given.
+    DeadLettered(DeadLetterReason),
 }
 
 /// Number of distinct outcome counters.
-pub(crate) const OUTCOMES: usize = 5 + DropReason::ALL.len();
+pub(crate) const OUTCOMES: usize = 5 + DropReason::ALL.len() + DeadLetterReason::ALL.len();
+/// Outcome counters plus the worker-side non-terminal ones (retried).
+pub(crate) const SLOTS: usize = OUTCOMES + 1;
+/// The slot counting retries.
+pub(crate) const RETRIED: usize = OUTCOMES;
+/// Publisher-side counters: delivered, filtered, duplicates.
+pub(crate) const ROUTED: usize = 3;
+/// The slots of [`ROUTED`].
+pub(crate) const DELIVERED: usize = 0;
+pub(crate) const FILTERED: usize = 1;
+pub(crate) const DUPLICATES: usize = 2;
 
 impl Outcome {
     /// The counter slot.
@@ -106,6 +124,7 @@ impl Outcome {
             Outcome::Panicked => 3,
             Outcome::Expired => 4,
             Outcome::Dropped(r) => 5 + r as usize,
+            Outcome::DeadLettered(r) => 5 + DropReason::ALL.len() + r as usize,
         }
     }
 
@@ -118,6 +137,11 @@ impl Outcome {
     pub const fn is_dropped(self) -> bool {
         matches!(self, Outcome::Dropped(_))
     }
+
+    /// Dead-lettered for any reason.
+    pub const fn is_dead_lettered(self) -> bool {
+        matches!(self, Outcome::DeadLettered(_))
+    }
 }
 
 /// What one publish did.
@@ -125,8 +149,11 @@ impl Outcome {
 /// `matched` counts the subscriptions the message was routed to (a queue
 /// group counts once); each of them either accepted the message
 /// (`enqueued`, which includes inline handlers that ran it), dropped it by
-/// policy (`dropped`), or rejected it (`rejected`, which makes the publish an
-/// error). What happens after acceptance is counted in [`SubStats`].
+/// policy (`dropped`, which includes overflow sent to the dead letters),
+/// found it expired (`expired`), or rejected it (`rejected`, which makes the
+/// publish an error). Subscriptions whose filters refused it (`filtered`) or
+/// that saw it before (`duplicates`) are not matched: they never get it.
+/// What happens after acceptance is counted in [`SubStats`].
 ///
 /// # Examples
 ///
@@ -150,6 +177,16 @@ pub struct Receipt {
     pub dropped: u32,
     /// Of those, how many rejected it (overflow policy `Reject`).
     pub rejected: u32,
+    /// Of those, how many found it already expired.
+    pub expired: u32,
+    /// Subscriptions whose patterns matched but whose filters refused it.
+    pub filtered: u32,
+    /// Subscriptions whose deduplication window had seen it.
+    pub duplicates: u32,
+    /// True when the message was scheduled for later delivery (see
+    /// [`MessageBuilder::delay`](crate::MessageBuilder::delay)): it is
+    /// routed when due, so nothing is matched yet.
+    pub delayed: bool,
 }
 
 impl Receipt {
@@ -160,6 +197,10 @@ impl Receipt {
             enqueued: 0,
             dropped: 0,
             rejected: 0,
+            expired: 0,
+            filtered: 0,
+            duplicates: 0,
+            delayed: false,
         }
     }
 }
@@ -189,6 +230,8 @@ pub struct Drops {
     pub unsubscribed: u64,
     /// [`DropReason::Shutdown`].
     pub shutdown: u64,
+    /// [`DropReason::CircuitOpen`].
+    pub circuit_open: u64,
 }
 
 impl Drops {
@@ -201,6 +244,7 @@ impl Drops {
             + self.paused
             + self.unsubscribed
             + self.shutdown
+            + self.circuit_open
     }
 
     /// The counter for `reason`.
@@ -220,6 +264,55 @@ impl Drops {
             DropReason::Paused => self.paused,
             DropReason::Unsubscribed => self.unsubscribed,
             DropReason::Shutdown => self.shutdown,
+            DropReason::CircuitOpen => self.circuit_open,
+        }
+    }
+}
+
+/// Dead-letter counters, one per [`DeadLetterReason`].
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{DeadLetterReason, DeadLettered};
+/// let d = DeadLettered::default();
+/// assert_eq!((d.total(), d.get(DeadLetterReason::Panicked)), (0, 0));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLettered {
+    /// [`DeadLetterReason::RetriesExhausted`].
+    pub retries_exhausted: u64,
+    /// [`DeadLetterReason::Permanent`].
+    pub permanent: u64,
+    /// [`DeadLetterReason::Panicked`].
+    pub panicked: u64,
+    /// [`DeadLetterReason::Expired`].
+    pub expired: u64,
+    /// [`DeadLetterReason::Shutdown`].
+    pub shutdown: u64,
+    /// [`DeadLetterReason::Overflow`].
+    pub overflow: u64,
+    /// [`DeadLetterReason::CircuitOpen`].
+    pub circuit_open: u64,
+}
+
+impl DeadLettered {
+    /// All dead letters.
+    pub fn total(&self) -> u64 {
+        DeadLetterReason::ALL.iter().map(|r| self.get(*r)).sum()
+    }
+
+    /// The counter for `reason`.
+    pub fn get(&self, reason: DeadLetterReason) -> u64 {
+        match reason {
+            DeadLetterReason::RetriesExhausted => self.retries_exhausted,
+            DeadLetterReason::Permanent => self.permanent,
+            DeadLetterReason::Panicked => self.panicked,
+            DeadLetterReason::Expired => self.expired,
+            DeadLetterReason::Shutdown => self.shutdown,
+            DeadLetterReason::Overflow => self.overflow,
+            DeadLetterReason::CircuitOpen => self.circuit_open,
         }
     }
 }
@@ -260,12 +353,25 @@ pub struct Counts {
     pub expired: u64,
     /// Dropped, by reason.
     pub dropped: Drops,
+    /// Dead-lettered, by reason.
+    pub dead_lettered: DeadLettered,
+    /// Retries scheduled (not an outcome: each retried message still ends
+    /// in one outcome).
+    pub retried: u64,
+    /// Messages whose patterns matched but the filters refused (never
+    /// delivered, not in `delivered`).
+    pub filtered: u64,
+    /// Messages the deduplication window suppressed (never delivered, not
+    /// in `delivered`).
+    pub duplicates: u64,
 }
 
 impl Counts {
-    pub(crate) fn from_raw(delivered: u64, o: &[u64; OUTCOMES]) -> Self {
+    pub(crate) fn from_totals(t: &Totals) -> Self {
+        let o = &t.outcomes;
+        let d = 5 + DropReason::ALL.len();
         Self {
-            delivered,
+            delivered: t.routed[DELIVERED],
             handled: o[0],
             received: o[1],
             failed: o[2],
@@ -279,7 +385,20 @@ impl Counts {
                 paused: o[9],
                 unsubscribed: o[10],
                 shutdown: o[11],
+                circuit_open: o[12],
             },
+            dead_lettered: DeadLettered {
+                retries_exhausted: o[d],
+                permanent: o[d + 1],
+                panicked: o[d + 2],
+                expired: o[d + 3],
+                shutdown: o[d + 4],
+                overflow: o[d + 5],
+                circuit_open: o[d + 6],
+            },
+            retried: o[RETRIED],
+            filtered: t.routed[FILTERED],
+            duplicates: t.routed[DUPLICATES],
         }
     }
 
@@ -291,6 +410,7 @@ impl Counts {
             + self.panicked
             + self.expired
             + self.dropped.total()
+            + self.dead_lettered.total()
     }
 }
 
@@ -316,25 +436,27 @@ pub struct SubStats {
     pub counts: Counts,
     /// Messages waiting per lane: high, normal, low.
     pub queued: [usize; 3],
+    /// The circuit breaker's state, when the subscription has one.
+    pub circuit: Option<crate::reliability::CircuitState>,
+    /// Retries waiting in the timer.
+    pub retrying: usize,
+    /// Messages out of the lanes but not yet handled: retries that came
+    /// due, and messages an open breaker holds back.
+    pub held: usize,
     /// The counters as read, for summing.
     raw: Totals,
 }
 
 impl SubStats {
-    pub(crate) fn new(
-        id: SubscriptionId,
-        delivered: u64,
-        outcomes: [u64; OUTCOMES],
-        queued: [usize; 3],
-    ) -> Self {
+    pub(crate) fn new(id: SubscriptionId, raw: Totals, queued: [usize; 3]) -> Self {
         Self {
             id,
-            counts: Counts::from_raw(delivered, &outcomes),
+            counts: Counts::from_totals(&raw),
             queued,
-            raw: Totals {
-                delivered,
-                outcomes,
-            },
+            circuit: None,
+            retrying: 0,
+            held: 0,
+            raw,
         }
     }
 }
@@ -345,6 +467,9 @@ impl std::fmt::Debug for SubStats {
             .field("id", &self.id)
             .field("counts", &self.counts)
             .field("queued", &self.queued)
+            .field("circuit", &self.circuit)
+            .field("retrying", &self.retrying)
+            .field("held", &self.held)
             .finish()
     }
 }
@@ -358,16 +483,27 @@ impl std::ops::Deref for SubStats {
 
 /// Raw counters summed over subscriptions (also those that no longer exist,
 /// so bus totals stay whole).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Totals {
-    delivered: u64,
-    outcomes: [u64; OUTCOMES],
+    pub(crate) routed: [u64; ROUTED],
+    pub(crate) outcomes: [u64; SLOTS],
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self {
+            routed: [0; ROUTED],
+            outcomes: [0; SLOTS],
+        }
+    }
 }
 
 impl Totals {
-    pub(crate) fn add(&mut self, delivered: u64, outcomes: &[u64; OUTCOMES]) {
-        self.delivered += delivered;
-        for (t, o) in self.outcomes.iter_mut().zip(outcomes) {
+    pub(crate) fn add(&mut self, other: &Totals) {
+        for (t, o) in self.routed.iter_mut().zip(&other.routed) {
+            *t += o;
+        }
+        for (t, o) in self.outcomes.iter_mut().zip(&other.outcomes) {
             *t += o;
         }
     }
@@ -399,6 +535,37 @@ pub struct BusStats {
     /// Handler panics caught by the workers outside any handler (a bug in
     /// topicbus if ever non-zero).
     pub worker_panics: u64,
+    /// Panics of lifecycle hooks (caught; the message went on).
+    pub hook_panics: u64,
+    /// Delayed deliveries.
+    pub delayed: DelayedStats,
+    /// Replies that found no request waiting (timed out, or a reply came
+    /// first); dropped.
+    pub late_replies: u64,
+}
+
+/// Counters of delayed deliveries.
+///
+/// `scheduled == delivered + given_up + pending`.
+///
+/// # Examples
+///
+/// ```
+/// let d = topicbus::DelayedStats::default();
+/// assert_eq!(d.scheduled, d.delivered + d.given_up + d.pending);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DelayedStats {
+    /// Messages published with a delay.
+    pub scheduled: u64,
+    /// Routed when due.
+    pub delivered: u64,
+    /// Given up because the bus shut down first (dead-lettered with reason
+    /// shutdown when the bus keeps dead letters).
+    pub given_up: u64,
+    /// Waiting.
+    pub pending: u64,
 }
 
 impl BusStats {
@@ -406,17 +573,22 @@ impl BusStats {
         published: u64,
         subscriptions: Vec<SubStats>,
         retired: &Totals,
-        worker_panics: u64,
+        (worker_panics, hook_panics): (u64, u64),
+        delayed: DelayedStats,
+        late_replies: u64,
     ) -> Self {
         let mut sum = *retired;
         for s in &subscriptions {
-            sum.add(s.raw.delivered, &s.raw.outcomes);
+            sum.add(&s.raw);
         }
         Self {
             published,
             subscriptions,
-            total: Counts::from_raw(sum.delivered, &sum.outcomes),
+            total: Counts::from_totals(&sum),
             worker_panics,
+            hook_panics,
+            delayed,
+            late_replies,
         }
     }
 }

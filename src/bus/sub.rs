@@ -16,23 +16,35 @@
 //! nobody else can.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::mailbox::lanes::{Lanes, OverflowPolicy, Push};
 use crate::mailbox::state::{AfterRun, OnPush, State};
-use crate::message::Message;
+use crate::message::{AttemptScope, Message};
 use crate::pool::{Pool, QueueProbe, Task, TaskRef};
 use crate::registry::SubscriptionId;
+use crate::reliability::timer::Fire;
+use crate::reliability::{
+    Admit, Breaker, Change, DeadLetterReason, ErrorKind, Failure, NewLetter, RetryOrder,
+    RetryPolicy, WhenOpen,
+};
 use crate::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::sync::{Condvar, Mutex};
 
-use super::stats::{DropReason, Outcome, SubStats, OUTCOMES};
+use super::filter::{Gate, Screen};
+use super::services::Services;
+use super::stats::{
+    DropReason, Outcome, SubStats, Totals, DELIVERED, DUPLICATES, FILTERED, RETRIED, ROUTED, SLOTS,
+};
 use super::BoxError;
 
 /// A handler as stored: the user's closure with its error boxed.
-pub(crate) type HandlerFn<T> = Box<dyn Fn(&Message<T>) -> Result<(), BoxError> + Send + Sync>;
+/// It takes the shared `Arc` so that the bus's own handlers (the
+/// request-reply inbox) can keep the message; users' closures see `&Message`.
+pub(crate) type HandlerFn<T> = Box<dyn Fn(&Arc<Message<T>>) -> Result<(), BoxError> + Send + Sync>;
 
 thread_local! {
     /// The subscription whose handler this thread is running (0: none), so
@@ -90,19 +102,125 @@ pub(crate) struct Padded<T>(pub(crate) T);
 /// Per-subscription counters.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Messages routed here (written by publishers).
-    delivered: Padded<AtomicU64>,
-    /// Terminal outcomes by [`Outcome::index`].
-    outcomes: Padded<[AtomicU64; OUTCOMES]>,
+    /// Delivered, filtered, duplicates (written by publishers).
+    routed: Padded<[AtomicU64; ROUTED]>,
+    /// Terminal outcomes by [`Outcome::index`], then retries (written by
+    /// workers).
+    outcomes: Padded<[AtomicU64; SLOTS]>,
 }
 
 impl Counters {
-    /// Delivered and the outcome counters, as read now.
-    pub(crate) fn read(&self) -> (u64, [u64; OUTCOMES]) {
-        (
-            self.delivered.0.load(Ordering::Relaxed),
-            std::array::from_fn(|i| self.outcomes.0[i].load(Ordering::Relaxed)),
-        )
+    /// The counters as read now.
+    pub(crate) fn read(&self) -> Totals {
+        Totals {
+            routed: std::array::from_fn(|i| self.routed.0[i].load(Ordering::Relaxed)),
+            outcomes: std::array::from_fn(|i| self.outcomes.0[i].load(Ordering::Relaxed)),
+        }
+    }
+
+    #[inline]
+    fn bump_routed(&self, slot: usize) {
+        self.routed.0[slot].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Which give-ups go to the bus's dead letters (all false on a bus without
+/// dead letters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DeadLetterOn {
+    /// Handler failures and panics (after retries), and an open breaker's
+    /// `DeadLetter` policy; also retries cut short by shutdown.
+    pub(crate) failures: bool,
+    pub(crate) expired: bool,
+    pub(crate) overflow: bool,
+}
+
+/// A message on its way to the handler: the first delivery or a retry.
+pub(crate) struct Item<T> {
+    msg: Arc<Message<T>>,
+    /// The attempt this run will be.
+    attempt: u32,
+    first_failure: Option<SystemTime>,
+    last_error: Option<Failure>,
+}
+
+impl<T> Item<T> {
+    fn first(msg: Arc<Message<T>>) -> Self {
+        let attempt = msg.first_attempt();
+        Self {
+            msg,
+            attempt,
+            first_failure: None,
+            last_error: None,
+        }
+    }
+
+    /// Attempts made before this one.
+    fn made(&self) -> u32 {
+        self.attempt - self.msg.first_attempt()
+    }
+}
+
+/// Why a subscription does not take messages for now (bits of
+/// [`Reliable::held`]).
+const HELD_RETRY: u8 = 1;
+const HELD_BREAKER: u8 = 2;
+
+/// The worker-side reliability state of a subscription with a retry
+/// policy or a circuit breaker.
+pub(crate) struct Reliable<T> {
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) breaker: Option<Mutex<Breaker>>,
+    /// Retries that came due, and messages held back by an open breaker:
+    /// served before the lanes.
+    ready: Mutex<VecDeque<Item<T>>>,
+    ready_len: AtomicUsize,
+    /// Retries waiting in the timer.
+    waiting: AtomicUsize,
+    held: AtomicU8,
+    /// A breaker's re-open job is in the timer.
+    reopen_pending: AtomicBool,
+}
+
+impl<T> Reliable<T> {
+    pub(crate) fn new(retry: Option<RetryPolicy>, breaker: Option<Breaker>) -> Self {
+        Self {
+            retry,
+            breaker: breaker.map(Mutex::new),
+            ready: Mutex::new(VecDeque::new()),
+            ready_len: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            held: AtomicU8::new(0),
+            reopen_pending: AtomicBool::new(false),
+        }
+    }
+
+    fn push(&self, item: Item<T>, front: bool) {
+        let mut q = self.ready.lock();
+        if front {
+            q.push_front(item);
+        } else {
+            q.push_back(item);
+        }
+        self.ready_len.store(q.len(), Ordering::SeqCst);
+    }
+
+    fn pop(&self) -> Option<Item<T>> {
+        if self.ready_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut q = self.ready.lock();
+        let item = q.pop_front();
+        self.ready_len.store(q.len(), Ordering::SeqCst);
+        item
+    }
+
+    fn has_ready(&self) -> bool {
+        self.ready_len.load(Ordering::Acquire) > 0
+    }
+
+    fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire) != 0
     }
 }
 
@@ -181,6 +299,12 @@ pub(crate) struct Sub<T> {
     /// Whether other work waits in the pool (see [`Sub::linger`]).
     #[cfg_attr(topicbus_loom, allow(dead_code))] // no lingering under loom
     probe: QueueProbe,
+    pub(crate) services: Arc<Services<T>>,
+    /// Filters and deduplication (publisher side).
+    pub(crate) gate: Option<Box<Gate<T>>>,
+    /// Retries and the circuit breaker (worker side).
+    pub(crate) rel: Option<Box<Reliable<T>>>,
+    pub(crate) dead_letter: DeadLetterOn,
 }
 
 impl<T> std::fmt::Debug for Sub<T> {
@@ -194,7 +318,7 @@ impl<T> std::fmt::Debug for Sub<T> {
 
 /// The result of one handler run.
 enum Ran {
-    Done(Outcome),
+    Ok,
     Failed(BoxError),
     Panicked(Box<dyn std::any::Any + Send>),
 }
@@ -205,6 +329,16 @@ pub(crate) enum Offered {
     Enqueued,
     Dropped,
     Rejected,
+    Expired,
+}
+
+/// What the breaker let happen to a message.
+enum Gated<T> {
+    Go(Item<T>),
+    /// Settled without a handler call (dead-lettered or dropped).
+    Shed,
+    /// Held back: the batch stops.
+    Stop,
 }
 
 /// The kind of a subscription to build.
@@ -215,7 +349,7 @@ pub(crate) enum Make<T> {
 }
 
 /// Everything [`Sub::new`] needs besides the kind.
-pub(crate) struct Spec {
+pub(crate) struct Spec<T> {
     pub(crate) id: SubscriptionId,
     pub(crate) bus: usize,
     pub(crate) patterns: Box<[crate::Pattern]>,
@@ -225,10 +359,14 @@ pub(crate) struct Spec {
     pub(crate) batch: usize,
     pub(crate) paused: bool,
     pub(crate) probe: QueueProbe,
+    pub(crate) services: Arc<Services<T>>,
+    pub(crate) gate: Option<Box<Gate<T>>>,
+    pub(crate) rel: Option<Box<Reliable<T>>>,
+    pub(crate) dead_letter: DeadLetterOn,
 }
 
 impl<T: Send + Sync + 'static> Sub<T> {
-    pub(crate) fn new(spec: Spec, make: Make<T>) -> Arc<Self> {
+    pub(crate) fn new(spec: Spec<T>, make: Make<T>) -> Arc<Self> {
         Arc::new_cyclic(|me| {
             let kind = match make {
                 Make::Callback(handler, concurrency) => Kind::Callback {
@@ -260,6 +398,10 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 quiet_lock: Mutex::new(()),
                 quiet: Condvar::new(),
                 probe: spec.probe,
+                services: spec.services,
+                gate: spec.gate,
+                rel: spec.rel,
+                dead_letter: spec.dead_letter,
             }
         })
     }
@@ -284,27 +426,122 @@ impl<T: Send + Sync + 'static> Sub<T> {
         }
     }
 
-    /// Settles the result of a handler run.
-    fn settle_ran(&self, msg: &Message<T>, ran: Ran) {
-        match ran {
-            Ran::Done(outcome) => self.settle(msg, outcome),
-            Ran::Failed(e) => self.settle_detailed(msg, Outcome::Failed, || Some(e.to_string())),
-            Ran::Panicked(p) => self.settle_detailed(msg, Outcome::Panicked, || {
-                Some(
-                    p.downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a non-string panic payload".to_owned()),
-                )
-            }),
+    /// Gives `msg` up: into the bus's dead letters when this subscription
+    /// sends `reason` there, else counted as `fallback`.
+    fn give_up(
+        &self,
+        msg: &Arc<Message<T>>,
+        reason: DeadLetterReason,
+        attempts: u32,
+        first_failure: Option<SystemTime>,
+        error: Option<Failure>,
+        fallback: Outcome,
+    ) {
+        let on = match reason {
+            DeadLetterReason::Expired => self.dead_letter.expired,
+            DeadLetterReason::Overflow => self.dead_letter.overflow,
+            _ => self.dead_letter.failures,
+        };
+        let queue = match &self.services.dlq {
+            Some(q) if on => q,
+            _ => return self.settle_detailed(msg, fallback, || error.map(|e| e.message)),
+        };
+        let now = self.services.wall();
+        let letter = queue.insert(NewLetter {
+            message: Arc::clone(msg),
+            subscription: Some(self.id),
+            reason,
+            error,
+            attempts,
+            first_failure: first_failure.unwrap_or(now),
+            last_failure: now,
+        });
+        self.services
+            .hooks(|h| h.call(&h.on_dead_letter, |f| f(&letter)));
+        self.settle_detailed(msg, Outcome::DeadLettered(reason), || {
+            letter.error.as_ref().map(|e| e.message.clone())
+        });
+    }
+
+    /// Settles an expired message (reported to the hook).
+    pub(crate) fn expire(&self, msg: &Arc<Message<T>>, attempts: u32) {
+        self.services
+            .hooks(|h| h.call(&h.on_expire, |f| f(msg, self.id)));
+        self.give_up(
+            msg,
+            DeadLetterReason::Expired,
+            attempts,
+            None,
+            None,
+            Outcome::Expired,
+        );
+    }
+
+    /// Settles a message the overflow policy pushed out.
+    fn overflowed(&self, msg: &Arc<Message<T>>, reason: DropReason) {
+        self.give_up(
+            msg,
+            DeadLetterReason::Overflow,
+            0,
+            None,
+            None,
+            Outcome::Dropped(reason),
+        );
+    }
+
+    /// The filters and the deduplication window, counted (publisher side,
+    /// before [`offer`](Self::offer)).
+    #[inline]
+    pub(crate) fn screen(&self, msg: &Message<T>) -> Screen {
+        let Some(gate) = &self.gate else {
+            return Screen::Pass;
+        };
+        self.count_screen(gate.screen(msg, || self.services.now()))
+    }
+
+    /// The filters alone, counted when they refuse (to pick a queue group's
+    /// candidates).
+    #[inline]
+    pub(crate) fn accepts(&self, msg: &Message<T>) -> bool {
+        match &self.gate {
+            None => true,
+            Some(gate) => {
+                self.count_screen(if gate.accepts(msg) {
+                    Screen::Pass
+                } else {
+                    Screen::Filtered
+                }) == Screen::Pass
+            }
         }
     }
 
-    /// Routes `msg` into this subscription (publisher side).
+    /// The deduplication window alone, counted.
+    pub(crate) fn dedup(&self, msg: &Message<T>) -> Screen {
+        match &self.gate {
+            None => Screen::Pass,
+            Some(gate) => self.count_screen(gate.dedup_only(msg, || self.services.now())),
+        }
+    }
+
+    fn count_screen(&self, screen: Screen) -> Screen {
+        match screen {
+            Screen::Pass => {}
+            Screen::Filtered => self.counters.bump_routed(FILTERED),
+            Screen::Duplicate => self.counters.bump_routed(DUPLICATES),
+        }
+        screen
+    }
+
+    /// Routes `msg` into this subscription (publisher side; screened
+    /// already, or a replay that skips the screen).
     pub(crate) fn offer(&self, pool: &Pool, msg: &Arc<Message<T>>) -> Offered {
-        self.counters.delivered.0.fetch_add(1, Ordering::Relaxed);
+        self.counters.bump_routed(DELIVERED);
         if let Some(tracker) = &msg.tracker {
             tracker.expect_one();
+        }
+        if self.services.expired(msg) {
+            self.expire(msg, 0);
+            return Offered::Expired;
         }
         if let Kind::Inline { handler, active } = &self.kind {
             return self.run_inline(handler, active, msg);
@@ -315,15 +552,15 @@ impl<T: Send + Sync + 'static> Sub<T> {
         {
             Push::Enqueued => Offered::Enqueued,
             Push::EvictedOldest(old) => {
-                self.settle(&old, Outcome::Dropped(DropReason::Oldest));
+                self.overflowed(&old, DropReason::Oldest);
                 Offered::Enqueued
             }
             Push::DroppedNewest(m) => {
-                self.settle(&m, Outcome::Dropped(DropReason::Newest));
+                self.overflowed(&m, DropReason::Newest);
                 return Offered::Dropped;
             }
             Push::TimedOut(m) => {
-                self.settle(&m, Outcome::Dropped(DropReason::Timeout));
+                self.overflowed(&m, DropReason::Timeout);
                 return Offered::Dropped;
             }
             Push::Rejected(m) => {
@@ -367,7 +604,7 @@ impl<T: Send + Sync + 'static> Sub<T> {
         &self,
         handler: &HandlerFn<T>,
         active: &AtomicUsize,
-        msg: &Message<T>,
+        msg: &Arc<Message<T>>,
     ) -> Offered {
         active.fetch_add(1, Ordering::SeqCst);
         // Pairs with the inline branch of `close`: either it sees us active
@@ -384,30 +621,301 @@ impl<T: Send + Sync + 'static> Sub<T> {
         }
         let ran = {
             let _running = RunningGuard::enter(self.id.get(), self.bus);
-            self.handle(handler, msg)
+            self.handle(handler, msg, msg.first_attempt())
         };
         active.fetch_sub(1, Ordering::Release);
-        self.settle_ran(msg, ran);
+        // Inline subscriptions have no retries (no mailbox to retry from).
+        match self.failure(ran, None) {
+            None => self.settle(msg, Outcome::Handled),
+            Some(failure) => self.fail(Item::first(Arc::clone(msg)), failure),
+        }
         Offered::Enqueued
     }
 
-    /// Runs the handler on one message (expiry first), catching panics.
+    /// Runs the handler on one message, catching panics.
     #[inline]
-    fn handle(&self, handler: &HandlerFn<T>, msg: &Message<T>) -> Ran {
-        if msg.expires_at().is_some() && msg.is_expired_at(SystemTime::now()) {
-            return Ran::Done(Outcome::Expired);
-        }
+    fn handle(&self, handler: &HandlerFn<T>, msg: &Arc<Message<T>>, attempt: u32) -> Ran {
+        self.services
+            .hooks(|h| h.call(&h.on_deliver, |f| f(msg, self.id)));
+        let _attempt =
+            (attempt != msg.first_attempt()).then(|| AttemptScope::enter(&**msg, attempt));
         match catch_unwind(AssertUnwindSafe(|| handler(msg))) {
-            Ok(Ok(())) => Ran::Done(Outcome::Handled),
+            Ok(Ok(())) => Ran::Ok,
             Ok(Err(e)) => Ran::Failed(e),
             Err(p) => Ran::Panicked(p),
         }
     }
 
+    /// The failure a run ended in (`None`: it succeeded), classified by
+    /// `policy` (or the default classifier) and reported to the hook.
+    fn failure(&self, ran: Ran, policy: Option<&RetryPolicy>) -> Option<Failure> {
+        let failure = match ran {
+            Ran::Ok => return None,
+            Ran::Failed(e) => {
+                let kind = policy.map_or_else(|| ErrorKind::of(&e), |p| p.kind_of(&e));
+                Failure::from_error(kind, &e)
+            }
+            Ran::Panicked(p) => Failure::from_panic(&*p),
+        };
+        Some(failure)
+    }
+
+    /// Settles a failed message for good: dead letters or failed/panicked.
+    fn fail(&self, item: Item<T>, failure: Failure) {
+        let (reason, fallback) = match failure.kind {
+            ErrorKind::Panic => (DeadLetterReason::Panicked, Outcome::Panicked),
+            ErrorKind::Permanent => (DeadLetterReason::Permanent, Outcome::Failed),
+            ErrorKind::Transient => (DeadLetterReason::RetriesExhausted, Outcome::Failed),
+        };
+        self.give_up(
+            &item.msg,
+            reason,
+            item.made() + 1,
+            item.first_failure,
+            Some(failure),
+            fallback,
+        );
+    }
+
+    /// Settles a worker's handler run: handled, retried, or given up.
+    fn after_run(self: &Arc<Self>, item: Item<T>, ran: Ran) {
+        let policy = self.rel.as_ref().and_then(|r| r.retry.as_ref());
+        let Some(failure) = self.failure(ran, policy) else {
+            self.record(false);
+            return self.settle(&item.msg, Outcome::Handled);
+        };
+        self.services
+            .hooks(|h| h.call(&h.on_error, |f| f(&item.msg, self.id, &failure)));
+        self.record(true);
+        if let (Some(rel), Some(policy)) = (&self.rel, policy) {
+            let retryable = match failure.kind {
+                ErrorKind::Transient => true,
+                ErrorKind::Permanent => false,
+                ErrorKind::Panic => policy.retry_panics,
+            };
+            if retryable && item.made() + 1 < policy.max_attempts {
+                return self.retry(rel, policy, item, failure);
+            }
+        }
+        self.fail(item, failure);
+    }
+
+    /// Schedules `item`'s next attempt on the timer.
+    fn retry(
+        self: &Arc<Self>,
+        rel: &Reliable<T>,
+        policy: &RetryPolicy,
+        item: Item<T>,
+        failure: Failure,
+    ) {
+        let delay = policy.delay(item.made() + 1, fastrand::f64());
+        self.counters.outcomes.0[RETRIED].fetch_add(1, Ordering::Relaxed);
+        let next = Item {
+            attempt: item.attempt + 1,
+            first_failure: Some(item.first_failure.unwrap_or_else(|| self.services.wall())),
+            last_error: Some(failure),
+            msg: item.msg,
+        };
+        rel.waiting.fetch_add(1, Ordering::SeqCst);
+        let strict = policy.order == RetryOrder::Strict;
+        if strict {
+            rel.held.fetch_or(HELD_RETRY, Ordering::SeqCst);
+        }
+        // The hook runs after scheduling: whoever it tells may move a manual
+        // clock, and the retry must already be waiting by then.
+        let (msg, attempt) = (Arc::clone(&next.msg), next.attempt);
+        let sub = Arc::clone(self);
+        self.services.timer.schedule_in(
+            delay,
+            Box::new(move |fire| sub.retry_fired(next, strict, fire)),
+        );
+        self.services
+            .hooks(|h| h.call(&h.on_retry, |f| f(&msg, self.id, attempt, delay)));
+    }
+
+    /// A retry's time came (or the bus shut down first).
+    fn retry_fired(&self, item: Item<T>, strict: bool, fire: Fire) {
+        let Some(rel) = &self.rel else {
+            return;
+        };
+        match fire {
+            // Pushed before `waiting` drops, so the retry is never invisible
+            // to a quiescence check.
+            Fire::Due => rel.push(item, strict),
+            Fire::Shutdown => {
+                let Item {
+                    msg,
+                    first_failure,
+                    last_error,
+                    ..
+                } = &item;
+                self.give_up(
+                    msg,
+                    DeadLetterReason::Shutdown,
+                    item.made(),
+                    *first_failure,
+                    last_error.clone(),
+                    Outcome::Dropped(DropReason::Shutdown),
+                );
+            }
+        }
+        rel.waiting.fetch_sub(1, Ordering::SeqCst);
+        if strict {
+            rel.held.fetch_and(!HELD_RETRY, Ordering::SeqCst);
+        }
+        self.wake();
+    }
+
+    /// Asks the breaker whether `item` may go to the handler now.
+    fn gate_breaker(
+        self: &Arc<Self>,
+        rel: &Reliable<T>,
+        breaker: &Mutex<Breaker>,
+        item: Item<T>,
+    ) -> Gated<T> {
+        let now = self.services.now();
+        let (admit, change, policy) = {
+            let mut b = breaker.lock();
+            let (admit, change) = b.admit(now);
+            (admit, change, b.config().when_open)
+        };
+        if let Some(change) = change {
+            self.circuit_changed(change);
+        }
+        let until = match admit {
+            Admit::Go => return Gated::Go(item),
+            Admit::Refuse(until) => until,
+        };
+        let draining = self.services.draining.load(Ordering::Acquire);
+        match policy {
+            WhenOpen::Hold if !draining => {
+                rel.push(item, true);
+                rel.held.fetch_or(HELD_BREAKER, Ordering::SeqCst);
+                match until {
+                    Some(until) => {
+                        if !rel.reopen_pending.swap(true, Ordering::SeqCst) {
+                            let sub = Arc::clone(self);
+                            self.services.timer.schedule(
+                                until,
+                                Box::new(move |_| {
+                                    if let Some(rel) = &sub.rel {
+                                        rel.reopen_pending.store(false, Ordering::SeqCst);
+                                    }
+                                    sub.release(HELD_BREAKER);
+                                }),
+                            );
+                        }
+                    }
+                    // Half-open with every trial out: a trial's result
+                    // releases the hold; if one came in meanwhile, go on.
+                    None => {
+                        if breaker.lock().would_admit() {
+                            self.release(HELD_BREAKER);
+                        }
+                    }
+                }
+                Gated::Stop
+            }
+            WhenOpen::Hold => {
+                self.give_up(
+                    &item.msg,
+                    DeadLetterReason::Shutdown,
+                    item.made(),
+                    item.first_failure,
+                    item.last_error.clone(),
+                    Outcome::Dropped(DropReason::Shutdown),
+                );
+                Gated::Shed
+            }
+            WhenOpen::DeadLetter => {
+                self.give_up(
+                    &item.msg,
+                    DeadLetterReason::CircuitOpen,
+                    item.made(),
+                    item.first_failure,
+                    item.last_error.clone(),
+                    Outcome::Dropped(DropReason::CircuitOpen),
+                );
+                Gated::Shed
+            }
+            WhenOpen::Drop => {
+                self.settle(&item.msg, Outcome::Dropped(DropReason::CircuitOpen));
+                Gated::Shed
+            }
+        }
+    }
+
+    /// Feeds a handler result to the breaker, if any.
+    fn record(&self, failed: bool) {
+        let Some(rel) = &self.rel else {
+            return;
+        };
+        let Some(breaker) = &rel.breaker else {
+            return;
+        };
+        let change = breaker
+            .lock()
+            .record(failed, self.services.now(), fastrand::f64());
+        if let Some(change) = change {
+            self.circuit_changed(change);
+        }
+        if rel.held.load(Ordering::Acquire) & HELD_BREAKER != 0 {
+            self.release(HELD_BREAKER);
+        }
+    }
+
+    fn circuit_changed(&self, (from, to): Change) {
+        self.services
+            .hooks(|h| h.call(&h.on_circuit_change, |f| f(self.id, from, to)));
+    }
+
+    /// Clears a hold and wakes the runners.
+    fn release(&self, bit: u8) {
+        if let Some(rel) = &self.rel {
+            rel.held.fetch_and(!bit, Ordering::SeqCst);
+        }
+        self.wake();
+    }
+
+    /// Shutdown began: an open breaker's hold gives up what it holds.
+    pub(crate) fn on_draining(&self) {
+        if self
+            .rel
+            .as_ref()
+            .is_some_and(|r| r.held.load(Ordering::Acquire) & HELD_BREAKER != 0)
+        {
+            self.release(HELD_BREAKER);
+        }
+    }
+
+    /// Kicks the runners of a callback subscription (after a hold ends or
+    /// a retry came due).
+    fn wake(&self) {
+        if let Kind::Callback { runners, .. } = &self.kind {
+            Self::kick(runners, &self.services.pool, false, || self.drain());
+        }
+    }
+
+    fn is_held(&self) -> bool {
+        self.rel.as_ref().is_some_and(|r| r.is_held())
+    }
+
+    /// The next message for the handler: due retries and held-back
+    /// messages first, then the lanes.
+    #[inline]
+    fn next_item(&self) -> Option<Item<T>> {
+        if let Some(rel) = &self.rel {
+            if let Some(item) = rel.pop() {
+                return Some(item);
+            }
+        }
+        self.lanes.pop_quiet().map(Item::first)
+    }
+
     /// Runs up to one batch (worker side). True when messages are left.
-    fn run_batch(&self, handler: &HandlerFn<T>) -> bool {
-        if self.paused.load(Ordering::Acquire) {
-            // Resume re-kicks the runners.
+    fn run_batch(self: &Arc<Self>, handler: &HandlerFn<T>) -> bool {
+        if self.paused.load(Ordering::Acquire) || self.is_held() {
+            // Resume (or the end of the hold) re-kicks the runners.
             return false;
         }
         let _running = RunningGuard::enter(self.id.get(), self.bus);
@@ -423,13 +931,30 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 // closer gets there).
                 return false;
             }
-            let Some(msg) = self.lanes.pop_quiet() else {
+            let Some(mut item) = self.next_item() else {
                 return false;
             };
-            let ran = self.handle(handler, &msg);
-            self.settle_ran(&msg, ran);
+            if self.services.expired(&item.msg) {
+                self.expire(&item.msg, item.made());
+                continue;
+            }
+            if let Some(rel) = &self.rel {
+                if let Some(breaker) = &rel.breaker {
+                    item = match self.gate_breaker(rel, breaker, item) {
+                        Gated::Go(item) => item,
+                        Gated::Shed => continue,
+                        Gated::Stop => return false,
+                    };
+                }
+            }
+            let ran = self.handle(handler, &item.msg, item.attempt);
+            self.after_run(item, ran);
+            if self.is_held() {
+                // A strict-order retry waits: take nothing else meanwhile.
+                return false;
+            }
         }
-        !self.lanes.is_empty()
+        !self.lanes.is_empty() || self.rel.as_ref().is_some_and(|r| r.has_ready())
     }
 
     /// After a batch emptied the mailbox: when no other work waits in the
@@ -439,8 +964,12 @@ impl<T: Send + Sync + 'static> Sub<T> {
     /// notified bit once). True when a message arrived.
     #[cfg(not(topicbus_loom))]
     fn linger(&self) -> bool {
-        if self.paused.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
-            // Paused: the batch would take nothing; closed: finish_run drains.
+        if self.paused.load(Ordering::Relaxed)
+            || self.closed.load(Ordering::Relaxed)
+            || self.is_held()
+        {
+            // Paused or held: the batch would take nothing; closed:
+            // finish_run drains.
             return false;
         }
         for _ in 0..LINGER_SPINS {
@@ -472,6 +1001,11 @@ impl<T: Send + Sync + 'static> Sub<T> {
     /// reason.
     pub(crate) fn drain(&self) {
         let reason = self.closed_reason();
+        if let Some(rel) = &self.rel {
+            while let Some(item) = rel.pop() {
+                self.settle(&item.msg, Outcome::Dropped(reason));
+            }
+        }
         while let Some(msg) = self.lanes.pop() {
             self.settle(&msg, Outcome::Dropped(reason));
         }
@@ -613,7 +1147,11 @@ impl<T: Send + Sync + 'static> Sub<T> {
     pub(crate) fn is_quiescent(&self) -> bool {
         match &self.kind {
             Kind::Callback { runners, .. } => {
-                runners.iter().all(|r| r.state.is_idle()) && self.lanes.is_empty()
+                runners.iter().all(|r| r.state.is_idle())
+                    && self.lanes.is_empty()
+                    && self.rel.as_ref().map_or(true, |r| {
+                        !r.has_ready() && r.waiting.load(Ordering::SeqCst) == 0
+                    })
             }
             Kind::Inline { active, .. } => active.load(Ordering::Acquire) == 0,
             Kind::Pull(_) => true,
@@ -630,8 +1168,13 @@ impl<T: Send + Sync + 'static> Sub<T> {
     }
 
     pub(crate) fn stats(&self) -> SubStats {
-        let (delivered, outcomes) = self.counters.read();
-        SubStats::new(self.id, delivered, outcomes, self.lanes.depths())
+        let mut stats = SubStats::new(self.id, self.counters.read(), self.lanes.depths());
+        if let Some(rel) = &self.rel {
+            stats.circuit = rel.breaker.as_ref().map(|b| b.lock().state());
+            stats.retrying = rel.waiting.load(Ordering::Acquire);
+            stats.held = rel.ready_len.load(Ordering::Acquire);
+        }
+        stats
     }
 }
 

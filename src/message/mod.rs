@@ -12,6 +12,7 @@ mod headers;
 mod id;
 mod payload;
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -125,6 +126,7 @@ struct Extras {
     from: Option<Arc<str>>,
     to: Option<Arc<str>>,
     reply_to: Option<Topic>,
+    deliver_at: Option<SystemTime>,
 }
 
 /// The headers of a message without extras.
@@ -146,6 +148,7 @@ impl<T> Message<T> {
             from: None,
             to: None,
             reply_to: None,
+            delivery: Delivery::Now,
             attempt: 1,
         }
     }
@@ -221,9 +224,61 @@ impl<T> Message<T> {
         self.extras.as_ref().and_then(|e| e.reply_to.as_ref())
     }
 
+    /// When the message is to be delivered, if it was published with a
+    /// delay (see [`MessageBuilder::deliver_at`]).
+    pub fn deliver_at(&self) -> Option<SystemTime> {
+        self.extras.as_ref().and_then(|e| e.deliver_at)
+    }
+
     /// The delivery attempt, starting at 1.
+    ///
+    /// Inside a handler this is the attempt running now: a message retried
+    /// by the subscription's [`RetryPolicy`](crate::RetryPolicy) shows 2 on
+    /// its first retry, and so on. Elsewhere it is the attempt the message
+    /// was published (or restored) with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, ()).build();
+    /// assert_eq!(m.attempt(), 1);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn attempt(&self) -> u32 {
+        let (at, attempt) = DELIVERY.with(Cell::get);
+        if at == self as *const Self as usize {
+            attempt
+        } else {
+            self.attempt
+        }
+    }
+
+    /// The attempt it was published (or restored) with.
+    pub(crate) fn first_attempt(&self) -> u32 {
         self.attempt
+    }
+}
+
+thread_local! {
+    /// The message a handler on this thread is running a retry of, and the
+    /// attempt (see [`Message::attempt`]); set only for retries.
+    static DELIVERY: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
+}
+
+/// Makes [`Message::attempt`] report `attempt` for one message on this
+/// thread until dropped.
+pub(crate) struct AttemptScope((usize, u32));
+
+impl AttemptScope {
+    pub(crate) fn enter<T>(msg: &Message<T>, attempt: u32) -> Self {
+        Self(DELIVERY.with(|d| d.replace((msg as *const Message<T> as usize, attempt))))
+    }
+}
+
+impl Drop for AttemptScope {
+    fn drop(&mut self) {
+        DELIVERY.with(|d| d.set(self.0));
     }
 }
 
@@ -244,6 +299,13 @@ impl<T: fmt::Debug> fmt::Debug for Message<T> {
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    Now,
+    After(Duration),
+    At(SystemTime),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -268,6 +330,7 @@ pub struct MessageBuilder<T> {
     from: Option<Arc<str>>,
     to: Option<Arc<str>>,
     reply_to: Option<Topic>,
+    delivery: Delivery,
     attempt: u32,
 }
 
@@ -352,6 +415,42 @@ impl<T> MessageBuilder<T> {
         self
     }
 
+    /// Delivers the message `delay` after its creation time instead of at
+    /// once: the bus's timer publishes it then, to the subscriptions
+    /// matching at that time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Clock, ManualClock, Message};
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<&str>::builder().workers(1).clock(clock.clone()).build()?;
+    /// let rx = bus.receiver("reminders")?;
+    /// bus.publish_message(
+    ///     Message::builder("reminders".parse()?, "stand up")
+    ///         .timestamp(clock.wall())
+    ///         .delay(Duration::from_secs(60)),
+    /// )?;
+    /// assert!(rx.try_recv().is_err());
+    /// clock.advance(Duration::from_secs(60));
+    /// assert_eq!(*rx.recv_timeout(Duration::from_secs(10))?.payload(), "stand up");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delivery = Delivery::After(delay);
+        self
+    }
+
+    /// Delivers the message at `at` (wall clock) instead of at once; see
+    /// [`delay`](Self::delay).
+    #[must_use]
+    pub fn deliver_at(mut self, at: SystemTime) -> Self {
+        self.delivery = Delivery::At(at);
+        self
+    }
+
     /// Sets the creation time (default: the wall clock at [`build`]); for
     /// injected clocks. The id is still fresh and, like every id, carries the
     /// real wall clock, so ids stay in order whatever clocks messages use.
@@ -393,7 +492,13 @@ impl<T> MessageBuilder<T> {
             Expiry::After(ttl) => timestamp.checked_add(ttl),
             Expiry::At(at) => Some(at),
         };
+        let deliver_at = match self.delivery {
+            Delivery::Now => None,
+            Delivery::After(d) => timestamp.checked_add(d),
+            Delivery::At(at) => Some(at),
+        };
         let extras = (!self.headers.is_empty()
+            || deliver_at.is_some()
             || self.correlation_id.is_some()
             || self.causation_id.is_some()
             || self.from.is_some()
@@ -407,6 +512,7 @@ impl<T> MessageBuilder<T> {
                 from: self.from,
                 to: self.to,
                 reply_to: self.reply_to,
+                deliver_at,
             })
         });
         Message {
