@@ -7,3 +7,6 @@ cargo run --release --example matcher_report -- --quick --out target/ci-perf-rep
 cargo run --release --example basic
 cargo run --release --example worker_queue
 cargo run --release --example shutdown
+cargo run --release --example error_handling
+cargo run --release --example request_reply
+cargo run --release --example order_processing

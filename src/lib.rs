@@ -33,6 +33,18 @@
 //!   batch publishing, graceful [`shutdown`](Bus::shutdown) with a
 //!   [`ShutdownReport`]; every delivery ends in exactly one counted
 //!   [`Outcome`] ([`SubStats`], [`BusStats`]).
+//! - Reliability, on one timer thread driven by an injectable [`Clock`]
+//!   ([`ManualClock`] in tests): [`RetryPolicy`] (exponential backoff with
+//!   full jitter, a transient/[`Permanent`] classifier, strict or reordering
+//!   [`RetryOrder`]; a waiting retry never occupies a worker), a bounded
+//!   dead-letter queue ([`DeadLetters`]: query by pattern, subscription,
+//!   error kind, reason and time; replay; a [`DeadLetterSink`]), per
+//!   subscription [`CircuitBreaker`]s, [`Dedup`] windows, TTL at enqueue
+//!   and dequeue, request-reply ([`Bus::request`], [`Message::reply`]),
+//!   addressing / header / predicate filters that run before enqueue,
+//!   delayed delivery ([`MessageBuilder::delay`]) and lifecycle hooks
+//!   ([`BusBuilder::on_publish`] and the others), isolated and free when
+//!   unset.
 //!
 //! ## Quick start
 //!

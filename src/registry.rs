@@ -63,6 +63,12 @@ use crate::topic::{Pattern, Topic};
 pub struct SubscriptionId(u64);
 
 impl SubscriptionId {
+    /// An id made up by a test.
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: u64) -> Self {
+        Self(n)
+    }
+
     /// The raw number, for logs and metrics labels.
     ///
     /// # Examples

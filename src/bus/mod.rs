@@ -1027,7 +1027,9 @@ impl<T: Send + Sync + 'static> Bus<T> {
 
     /// Sends `payload` to `topic` as a request and waits up to `timeout`
     /// for the first reply (see [`Message::reply`]). The request carries a
-    /// fresh correlation id and the bus's inbox as `reply_to`.
+    /// fresh correlation id and the bus's inbox as `reply_to`. The calling
+    /// thread blocks meanwhile: called from a handler, it holds that
+    /// handler's worker (leave workers for the responders).
     ///
     /// # Errors
     ///

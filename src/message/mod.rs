@@ -296,6 +296,7 @@ impl<T: fmt::Debug> fmt::Debug for Message<T> {
             .field("from", &self.from())
             .field("to", &self.to())
             .field("reply_to", &self.reply_to())
+            .field("deliver_at", &self.deliver_at())
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }

@@ -491,3 +491,130 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod model {
+    //! A state-machine property test: random admits and results, spaced in
+    //! time, on the breaker and on a plain model agree on every answer and
+    //! every state change.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum M {
+        Closed,
+        Open(Instant),
+        HalfOpen { started: u32, passed: u32 },
+    }
+
+    struct Model {
+        n: usize,
+        min: usize,
+        rate: f64,
+        wait: Duration,
+        trials: u32,
+        state: M,
+        /// Results since the last close (true = failure).
+        history: Vec<bool>,
+    }
+
+    impl Model {
+        fn name(&self) -> CircuitState {
+            match self.state {
+                M::Closed => CircuitState::Closed,
+                M::Open(_) => CircuitState::Open,
+                M::HalfOpen { .. } => CircuitState::HalfOpen,
+            }
+        }
+
+        fn admit(&mut self, now: Instant) -> Admit {
+            match self.state {
+                M::Closed => Admit::Go,
+                M::Open(until) if now < until => Admit::Refuse(Some(until)),
+                M::Open(_) => {
+                    self.state = M::HalfOpen {
+                        started: 1,
+                        passed: 0,
+                    };
+                    Admit::Go
+                }
+                M::HalfOpen { started, passed } if started < self.trials => {
+                    self.state = M::HalfOpen {
+                        started: started + 1,
+                        passed,
+                    };
+                    Admit::Go
+                }
+                M::HalfOpen { .. } => Admit::Refuse(None),
+            }
+        }
+
+        fn record(&mut self, failed: bool, now: Instant) {
+            match self.state {
+                M::Closed => {
+                    self.history.push(failed);
+                    let window = &self.history[self.history.len().saturating_sub(self.n)..];
+                    let fails = window.iter().filter(|f| **f).count();
+                    if window.len() >= self.min
+                        && fails > 0
+                        && fails as f64 >= self.rate * window.len() as f64
+                    {
+                        self.state = M::Open(now + self.wait);
+                    }
+                }
+                M::HalfOpen { .. } if failed => self.state = M::Open(now + self.wait),
+                M::HalfOpen { started, passed } => {
+                    if passed + 1 >= self.trials {
+                        self.state = M::Closed;
+                        self.history.clear();
+                    } else {
+                        self.state = M::HalfOpen {
+                            started,
+                            passed: passed + 1,
+                        };
+                    }
+                }
+                M::Open(_) => {}
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_breaker_behaves_like_its_model(
+            n in 1usize..6,
+            min in 1usize..6,
+            rate in proptest::sample::select(vec![0.0f64, 0.2, 0.25, 1.0 / 3.0, 0.5, 0.75, 1.0]),
+            trials in 1u32..4,
+            ops in proptest::collection::vec((any::<bool>(), any::<bool>(), 0u64..40), 1..200),
+        ) {
+            let wait = Duration::from_millis(50);
+            let config = CircuitBreaker::new()
+                .window(BreakerWindow::Calls(n))
+                .min_calls(min)
+                .failure_rate(rate)
+                .open_for(wait, 0.0)
+                .trials(trials);
+            let mut b = Breaker::new(config);
+            let mut m = Model { n, min, rate, wait, trials, state: M::Closed, history: Vec::new() };
+            let mut now = Instant::now();
+            for (is_admit, failed, dt) in ops {
+                now += Duration::from_millis(dt);
+                let before = m.name();
+                if is_admit {
+                    let (got, change) = b.admit(now);
+                    prop_assert_eq!(got, m.admit(now));
+                    let after = m.name();
+                    prop_assert_eq!(change, (before != after).then_some((before, after)));
+                } else {
+                    let change = b.record(failed, now, 0.0);
+                    m.record(failed, now);
+                    let after = m.name();
+                    prop_assert_eq!(change, (before != after).then_some((before, after)));
+                }
+                prop_assert_eq!(b.state(), m.name());
+            }
+        }
+    }
+}

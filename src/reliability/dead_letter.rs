@@ -527,3 +527,129 @@ impl<T: 'static> DeadLetterQueue<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A state-machine property test: random operation sequences on the
+    //! queue and on a plain model (a vector in arrival order) agree.
+
+    use super::*;
+    use crate::topic::Topic;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert {
+            topic: u8,
+            sub: u8,
+            reason: u8,
+        },
+        Take(usize),
+        ReplayAndFail(usize),
+        Query {
+            topic: Option<u8>,
+            sub: Option<u8>,
+            reason: Option<u8>,
+            limit: Option<usize>,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..3, 0u8..3, 0u8..7).prop_map(|(topic, sub, reason)| Op::Insert { topic, sub, reason }),
+            1 => (0usize..16).prop_map(Op::Take),
+            1 => (0usize..16).prop_map(Op::ReplayAndFail),
+            2 => (
+                proptest::option::of(0u8..3),
+                proptest::option::of(0u8..3),
+                proptest::option::of(0u8..7),
+                proptest::option::of(0usize..5),
+            )
+                .prop_map(|(topic, sub, reason, limit)| Op::Query { topic, sub, reason, limit }),
+        ]
+    }
+
+    /// What the model keeps per letter: id, topic, subscription, reason.
+    type Row = (u64, u8, u8, u8);
+
+    proptest! {
+        #[test]
+        fn the_queue_behaves_like_its_model(cap in 1usize..8, ops in proptest::collection::vec(op(), 1..80)) {
+            let q = DeadLetterQueue::<u8>::new(cap, None);
+            let mut model: Vec<Row> = Vec::new();
+            let mut next = 1u64;
+            let (mut evicted, mut taken) = (0u64, 0u64);
+            let now = SystemTime::now();
+            for op in ops {
+                match op {
+                    Op::Insert { topic, sub, reason } => {
+                        let message = Arc::new(
+                            Message::builder(Topic::parse(&format!("t{topic}.x")).unwrap(), topic).build(),
+                        );
+                        let letter = q.insert(NewLetter {
+                            message,
+                            subscription: Some(SubscriptionId::for_tests(u64::from(sub))),
+                            reason: DeadLetterReason::ALL[reason as usize],
+                            error: None,
+                            attempts: 1,
+                            first_failure: now,
+                            last_failure: now,
+                        });
+                        prop_assert_eq!(letter.id.0, next);
+                        if model.len() == cap {
+                            model.remove(0);
+                            evicted += 1;
+                        }
+                        model.push((next, topic, sub, reason));
+                        next += 1;
+                    }
+                    Op::Take(i) => {
+                        let id = model.get(i).map_or(DeadLetterId(next + 100), |r| DeadLetterId(r.0));
+                        let got = q.take(id, false).map(|l| l.id.0);
+                        let want = (i < model.len()).then(|| model.remove(i).0);
+                        prop_assert_eq!(got, want);
+                        taken += u64::from(want.is_some());
+                    }
+                    Op::ReplayAndFail(i) => {
+                        // A replay that could not happen puts the letter back.
+                        if let Some(row) = model.get(i) {
+                            let letter = q.take(DeadLetterId(row.0), true).unwrap();
+                            q.restore(letter);
+                        }
+                    }
+                    Op::Query { topic, sub, reason, limit } => {
+                        let mut query = DeadLetterQuery::new();
+                        if let Some(t) = topic {
+                            query = query.topic(Pattern::parse(&format!("t{t}.*")).unwrap());
+                        }
+                        if let Some(s) = sub {
+                            query = query.subscription(SubscriptionId::for_tests(u64::from(s)));
+                        }
+                        if let Some(r) = reason {
+                            query = query.reason(DeadLetterReason::ALL[r as usize]);
+                        }
+                        if let Some(n) = limit {
+                            query = query.limit(n);
+                        }
+                        let got: Vec<u64> = q.query(&query).iter().map(|l| l.id.0).collect();
+                        let want: Vec<u64> = model
+                            .iter()
+                            .filter(|r| topic.map_or(true, |t| r.1 == t))
+                            .filter(|r| sub.map_or(true, |s| r.2 == s))
+                            .filter(|r| reason.map_or(true, |x| r.3 == x))
+                            .take(limit.unwrap_or(usize::MAX))
+                            .map(|r| r.0)
+                            .collect();
+                        prop_assert_eq!(&got, &want);
+                        prop_assert_eq!(q.ids(&query).iter().map(|i| i.0).collect::<Vec<_>>(), want);
+                    }
+                }
+                let st = q.stats();
+                prop_assert_eq!(st.len, model.len());
+                prop_assert!(st.len <= cap);
+                prop_assert_eq!((st.evicted, st.removed, st.replayed), (evicted, taken, 0));
+                prop_assert_eq!(st.inserted, st.len as u64 + st.evicted + st.removed + st.replayed);
+            }
+        }
+    }
+}
