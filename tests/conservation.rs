@@ -23,6 +23,20 @@ const PER_PUBLISHER: u64 = 40_000;
 
 struct Deliberate;
 
+/// Installs (once for the binary) a panic hook that keeps quiet about the
+/// handlers' deliberate panics and reports every other one.
+fn silence_deliberate_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<Deliberate>().is_none() {
+                default_hook(info);
+            }
+        }));
+    });
+}
+
 fn policy(rng: &mut SmallRng) -> OverflowPolicy {
     match rng.gen_range(0..4) {
         0 => OverflowPolicy::Block {
@@ -68,12 +82,7 @@ fn subscribe(bus: &Bus<u64>, rng: &mut SmallRng, n: usize) -> Subscription {
 
 #[test]
 fn every_delivery_settles_exactly_once_under_chaos() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<Deliberate>().is_none() {
-            default_hook(info);
-        }
-    }));
+    silence_deliberate_panics();
 
     let bus = Bus::<u64>::builder().workers(3).build().expect("bus");
     let mut rng = SmallRng::seed_from_u64(0x5eed);
@@ -250,12 +259,7 @@ fn subscribe_reliable(bus: &Bus<u64>, rng: &mut SmallRng, n: usize) -> Subscript
 
 #[test]
 fn every_delivery_and_every_dead_letter_is_accounted_for_with_reliability_on() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<Deliberate>().is_none() {
-            default_hook(info);
-        }
-    }));
+    silence_deliberate_panics();
     const PER: u64 = 15_000;
     let bus = Bus::<u64>::builder()
         .workers(3)

@@ -447,6 +447,11 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
         });
         let inner = Arc::new(Inner {
             registry: Registry::new(),
+            custom_clock: services.clock.is_some(),
+            publish_hook: services
+                .hooks
+                .as_ref()
+                .is_some_and(|h| h.on_publish.is_some()),
             services,
             state: AtomicU8::new(OPEN),
             limits: self.limits,
@@ -572,6 +577,10 @@ impl Delayed {
 pub(crate) struct Inner<T> {
     registry: Registry<Arc<Sub<T>>>,
     pub(crate) services: Arc<Services<T>>,
+    /// Copies of two `services` facts for the publish path (no pointer
+    /// chase there when the features are unused).
+    custom_clock: bool,
+    publish_hook: bool,
     state: AtomicU8,
     limits: Limits,
     capacity: NonZeroUsize,
@@ -1227,10 +1236,10 @@ impl<T: Send + Sync + 'static> Inner<T> {
     /// (the system clock's reading is the builder's default).
     #[inline]
     fn stamp(&self, builder: MessageBuilder<T>) -> MessageBuilder<T> {
-        match &self.services.clock {
-            Some(c) => builder.timestamp(c.wall()),
-            None => builder,
+        if !self.custom_clock {
+            return builder;
         }
+        builder.timestamp(self.services.wall())
     }
 
     /// The request-reply inbox, subscribed on first use.
@@ -1343,8 +1352,9 @@ impl<T: Send + Sync + 'static> Inner<T> {
         if !grouped.is_empty() {
             self.dispatch_groups(&mut grouped, msg, &mut receipt);
         }
-        if let Some(hooks) = &self.services.hooks {
-            hooks.call(&hooks.on_publish, |f| f(msg, &receipt));
+        if self.publish_hook {
+            self.services
+                .hooks(|h| h.call(&h.on_publish, |f| f(msg, &receipt)));
         }
         receipt
     }
@@ -1463,6 +1473,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     batch,
                     paused: options.paused,
                     probe: self.services.pool.probe(),
+                    deliver_hook: self
+                        .services
+                        .hooks
+                        .as_ref()
+                        .is_some_and(|h| h.on_deliver.is_some()),
                     services: Arc::clone(&self.services),
                     gate: gate.take(),
                     rel: rel.take(),

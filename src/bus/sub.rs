@@ -300,6 +300,8 @@ pub(crate) struct Sub<T> {
     #[cfg_attr(topicbus_loom, allow(dead_code))] // no lingering under loom
     probe: QueueProbe,
     pub(crate) services: Arc<Services<T>>,
+    /// The bus has an `on_deliver` hook (checked per handler call).
+    deliver_hook: bool,
     /// Filters and deduplication (publisher side).
     pub(crate) gate: Option<Box<Gate<T>>>,
     /// Retries and the circuit breaker (worker side).
@@ -359,6 +361,7 @@ pub(crate) struct Spec<T> {
     pub(crate) batch: usize,
     pub(crate) paused: bool,
     pub(crate) probe: QueueProbe,
+    pub(crate) deliver_hook: bool,
     pub(crate) services: Arc<Services<T>>,
     pub(crate) gate: Option<Box<Gate<T>>>,
     pub(crate) rel: Option<Box<Reliable<T>>>,
@@ -398,6 +401,7 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 quiet_lock: Mutex::new(()),
                 quiet: Condvar::new(),
                 probe: spec.probe,
+                deliver_hook: spec.deliver_hook,
                 services: spec.services,
                 gate: spec.gate,
                 rel: spec.rel,
@@ -635,8 +639,10 @@ impl<T: Send + Sync + 'static> Sub<T> {
     /// Runs the handler on one message, catching panics.
     #[inline]
     fn handle(&self, handler: &HandlerFn<T>, msg: &Arc<Message<T>>, attempt: u32) -> Ran {
-        self.services
-            .hooks(|h| h.call(&h.on_deliver, |f| f(msg, self.id)));
+        if self.deliver_hook {
+            self.services
+                .hooks(|h| h.call(&h.on_deliver, |f| f(msg, self.id)));
+        }
         let _attempt =
             (attempt != msg.first_attempt()).then(|| AttemptScope::enter(&**msg, attempt));
         match catch_unwind(AssertUnwindSafe(|| handler(msg))) {
