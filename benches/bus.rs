@@ -16,24 +16,20 @@
 
 #![allow(missing_docs)]
 
+#[path = "common/counter.rs"]
+mod counter;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use counter::wait_for;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_channel::{bounded, Receiver, Select, Sender};
 use topicbus::{Bus, Message, OverflowPolicy, SubscribeOptions, Topic};
 
 const CAPACITY: usize = 1024;
-
-/// Waits until `counter` reaches `target` (yielding: the publisher shares
-/// the two cores with the worker).
-fn wait_for(counter: &AtomicU64, target: u64) {
-    while counter.load(Ordering::Acquire) < target {
-        std::thread::yield_now();
-    }
-}
 
 /// topicbus: `subs` callback subscribers on one topic, one worker;
 /// publishes `iters` messages and returns the time until all were handled.

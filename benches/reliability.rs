@@ -24,22 +24,20 @@
 
 #![allow(missing_docs)]
 
+#[path = "common/counter.rs"]
+mod counter;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use counter::wait_for;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use topicbus::{
     Bus, CircuitBreaker, DeadLetterQuery, Dedup, ErrorKind, ManualClock, Message, OverflowPolicy,
     Pattern, Permanent, RetryPolicy, SubscribeOptions, Topic,
 };
-
-fn wait_for(counter: &AtomicU64, target: u64) {
-    while counter.load(Ordering::Acquire) < target {
-        std::thread::yield_now();
-    }
-}
 
 fn topic() -> Topic {
     Topic::parse("orders.eu.created").expect("topic")

@@ -15,7 +15,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use topicbus::{
     BreakerWindow, Bus, CircuitBreaker, DeadLetterQuery, Dedup, Message, OverflowPolicy,
-    PublishError, RetryOrder, RetryPolicy, SubscribeOptions, Subscription, Topic, WhenOpen,
+    PublishError, Receipt, RetryOrder, RetryPolicy, SubscribeOptions, Subscription, Topic,
+    WhenOpen,
 };
 
 const PUBLISHERS: u64 = 3;
@@ -35,6 +36,45 @@ fn silence_deliberate_panics() {
             }
         }));
     });
+}
+
+/// Starts [`PUBLISHERS`] threads; once past the returned barrier, publisher
+/// `p` publishes `per` messages (message `i` carries `p << 32 | i`) to four
+/// topics in turn through `publish`, stopping when the bus closes. Each
+/// returns (messages published, summed `matched`), having checked that
+/// every receipt adds up.
+fn spawn_publishers(
+    bus: &Bus<u64>,
+    per: u64,
+    publish: fn(&Bus<u64>, Topic, u64, u64) -> Result<Receipt, PublishError>,
+) -> (Arc<Barrier>, Vec<std::thread::JoinHandle<(u64, u64)>>) {
+    let start = Arc::new(Barrier::new(PUBLISHERS as usize + 1));
+    let publishers = (0..PUBLISHERS)
+        .map(|p| {
+            let (bus, start) = (bus.clone(), start.clone());
+            std::thread::spawn(move || {
+                let topics: Vec<Topic> = ["s.a.x", "s.b.x", "s.a.y", "t.x"]
+                    .iter()
+                    .map(|t| Topic::parse(t).expect("topic"))
+                    .collect();
+                let mut sum = (0u64, 0u64);
+                start.wait();
+                for i in 0..per {
+                    let topic = topics[(i % 4) as usize].clone();
+                    let r = match publish(&bus, topic, i, p << 32 | i) {
+                        Ok(r) | Err(PublishError::Rejected { receipt: r }) => r,
+                        Err(PublishError::Closed) => break,
+                        Err(e) => panic!("{e}"),
+                    };
+                    assert_eq!(r.matched, r.enqueued + r.dropped + r.rejected + r.expired);
+                    sum.0 += 1;
+                    sum.1 += u64::from(r.matched);
+                }
+                sum
+            })
+        })
+        .collect();
+    (start, publishers)
 }
 
 fn policy(rng: &mut SmallRng) -> OverflowPolicy {
@@ -100,33 +140,9 @@ fn every_delivery_settles_exactly_once_under_chaos() {
         })
         .collect();
 
-    let start = Arc::new(Barrier::new(PUBLISHERS as usize + 1));
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let (bus, start) = (bus.clone(), start.clone());
-            std::thread::spawn(move || {
-                let topics: Vec<Topic> = ["s.a.x", "s.b.x", "s.a.y", "t.x"]
-                    .iter()
-                    .map(|t| Topic::parse(t).expect("topic"))
-                    .collect();
-                // (messages published, summed `matched`)
-                let mut sum = (0u64, 0u64);
-                start.wait();
-                for i in 0..PER_PUBLISHER {
-                    let topic = &topics[(i % 4) as usize];
-                    let r = match bus.publish(topic, p << 32 | i) {
-                        Ok(r) | Err(PublishError::Rejected { receipt: r }) => r,
-                        Err(PublishError::Closed) => break,
-                        Err(e) => panic!("{e}"),
-                    };
-                    assert_eq!(r.matched, r.enqueued + r.dropped + r.rejected + r.expired);
-                    sum.0 += 1;
-                    sum.1 += u64::from(r.matched);
-                }
-                sum
-            })
-        })
-        .collect();
+    let (start, publishers) = spawn_publishers(&bus, PER_PUBLISHER, |bus, topic, _i, payload| {
+        bus.publish(topic, payload)
+    });
 
     // Chaos alongside: pause/resume, unsubscribe and resubscribe, pull
     // receivers taking some messages.
@@ -270,39 +286,17 @@ fn every_delivery_and_every_dead_letter_is_accounted_for_with_reliability_on() {
     let mut subs: Vec<Subscription> = (0..16)
         .map(|n| subscribe_reliable(&bus, &mut rng, n))
         .collect();
-    let start = Arc::new(Barrier::new(PUBLISHERS as usize + 1));
-    let publishers: Vec<_> = (0..PUBLISHERS)
-        .map(|p| {
-            let (bus, start) = (bus.clone(), start.clone());
-            std::thread::spawn(move || {
-                let topics: Vec<Topic> = ["s.a.x", "s.b.x", "s.a.y", "t.x"]
-                    .iter()
-                    .map(|t| Topic::parse(t).expect("topic"))
-                    .collect();
-                let mut matched = 0u64;
-                start.wait();
-                for i in 0..PER {
-                    let topic = topics[(i % 4) as usize].clone();
-                    let mut b = Message::builder(topic, p << 32 | i);
-                    match i % 10 {
-                        // Short lives: some expire in the mailbox.
-                        0 => b = b.ttl(Duration::from_micros(200)),
-                        // Delayed: routed later by the timer (or given up).
-                        1 => b = b.delay(Duration::from_micros(300)),
-                        _ => {}
-                    }
-                    let r = match bus.publish_message(b) {
-                        Ok(r) | Err(PublishError::Rejected { receipt: r }) => r,
-                        Err(PublishError::Closed) => break,
-                        Err(e) => panic!("{e}"),
-                    };
-                    assert_eq!(r.matched, r.enqueued + r.dropped + r.rejected + r.expired);
-                    matched += u64::from(r.matched);
-                }
-                matched
-            })
-        })
-        .collect();
+    let (start, publishers) = spawn_publishers(&bus, PER, |bus, topic, i, payload| {
+        let mut b = Message::builder(topic, payload);
+        match i % 10 {
+            // Short lives: some expire in the mailbox.
+            0 => b = b.ttl(Duration::from_micros(200)),
+            // Delayed: routed later by the timer (or given up).
+            1 => b = b.delay(Duration::from_micros(300)),
+            _ => {}
+        }
+        bus.publish_message(b)
+    });
 
     start.wait();
     let dlq = bus.dead_letters().expect("configured");
@@ -334,7 +328,7 @@ fn every_delivery_and_every_dead_letter_is_accounted_for_with_reliability_on() {
     let report = bus.shutdown(Duration::from_secs(30)).expect("shutdown");
     let matched: u64 = publishers
         .into_iter()
-        .map(|h| h.join().expect("publisher"))
+        .map(|h| h.join().expect("publisher").1)
         .sum();
     assert!(!report.timed_out, "{report:?}");
 

@@ -164,7 +164,7 @@ impl<T: 'static> Gate<T> {
                 return false;
             }
         }
-        self.predicate.as_ref().is_none_or_call(|p| p(msg))
+        self.predicate.as_ref().map_or(true, |p| p(msg))
     }
 
     /// The filters, then the deduplication window (which remembers `msg`
@@ -196,15 +196,5 @@ impl<T: 'static> Gate<T> {
             }
         }
         Screen::Pass
-    }
-}
-
-trait NoneOrCall<T> {
-    fn is_none_or_call(&self, f: impl FnOnce(&T) -> bool) -> bool;
-}
-
-impl<T> NoneOrCall<T> for Option<T> {
-    fn is_none_or_call(&self, f: impl FnOnce(&T) -> bool) -> bool {
-        self.as_ref().map_or(true, f)
     }
 }

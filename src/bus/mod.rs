@@ -53,7 +53,7 @@ use crate::registry::{Registry, SubscriptionId};
 use crate::reliability::timer::{Fire, Timer};
 use crate::reliability::{
     Breaker, CircuitState, Clock, DeadLetter, DeadLetterQueue, DeadLetterReason, DeadLetterSink,
-    Failure, NewLetter, SystemClock,
+    Failure, SystemClock,
 };
 use crate::sync::atomic::{AtomicU8, Ordering};
 use crate::sync::{wait_deadline, Mutex};
@@ -1300,20 +1300,8 @@ impl<T: Send + Sync + 'static> Inner<T> {
             return;
         }
         drop(entered);
-        if let Some(queue) = &self.services.dlq {
-            let now = self.services.wall();
-            let letter = queue.insert(NewLetter {
-                message: Arc::clone(msg),
-                subscription: None,
-                reason: DeadLetterReason::Shutdown,
-                error: None,
-                attempts: 0,
-                first_failure: now,
-                last_failure: now,
-            });
-            self.services
-                .hooks(|h| h.call(&h.on_dead_letter, |f| f(&letter)));
-        }
+        self.services
+            .dead_letter(msg, None, DeadLetterReason::Shutdown, None, 0, None);
         self.delayed.given_up.fetch_add(1, Ordering::Release);
     }
 

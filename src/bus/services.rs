@@ -4,9 +4,13 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::message::Message;
 use crate::pool::Pool;
+use crate::registry::SubscriptionId;
 use crate::reliability::timer::Timer;
-use crate::reliability::{Clock, DeadLetterQueue};
+use crate::reliability::{
+    Clock, DeadLetter, DeadLetterQueue, DeadLetterReason, Failure, NewLetter,
+};
 use crate::sync::atomic::AtomicBool;
 
 use super::hooks::Hooks;
@@ -60,6 +64,36 @@ impl<T> Services<T> {
         if let Some(h) = &self.hooks {
             f(h);
         }
+    }
+
+    /// Puts `message` in the dead letters (given up now, first failed at
+    /// `first_failure` or now) and tells the hook; `None` on a bus without
+    /// dead letters.
+    pub(crate) fn dead_letter(
+        &self,
+        message: &Arc<Message<T>>,
+        subscription: Option<SubscriptionId>,
+        reason: DeadLetterReason,
+        error: Option<Failure>,
+        attempts: u32,
+        first_failure: Option<SystemTime>,
+    ) -> Option<DeadLetter<T>>
+    where
+        T: 'static,
+    {
+        let queue = self.dlq.as_ref()?;
+        let now = self.wall();
+        let letter = queue.insert(NewLetter {
+            message: Arc::clone(message),
+            subscription,
+            reason,
+            error,
+            attempts,
+            first_failure: first_failure.unwrap_or(now),
+            last_failure: now,
+        });
+        self.hooks(|h| h.call(&h.on_dead_letter, |f| f(&letter)));
+        Some(letter)
     }
 
     /// True when `msg` has expired by the bus's clock.

@@ -28,8 +28,7 @@ use crate::pool::{Pool, QueueProbe, Task, TaskRef};
 use crate::registry::SubscriptionId;
 use crate::reliability::timer::Fire;
 use crate::reliability::{
-    Admit, Breaker, Change, DeadLetterReason, ErrorKind, Failure, NewLetter, RetryOrder,
-    RetryPolicy, WhenOpen,
+    Admit, Breaker, Change, DeadLetterReason, ErrorKind, Failure, RetryOrder, RetryPolicy, WhenOpen,
 };
 use crate::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::sync::{Condvar, Mutex};
@@ -446,25 +445,33 @@ impl<T: Send + Sync + 'static> Sub<T> {
             DeadLetterReason::Overflow => self.dead_letter.overflow,
             _ => self.dead_letter.failures,
         };
-        let queue = match &self.services.dlq {
-            Some(q) if on => q,
-            _ => return self.settle_detailed(msg, fallback, || error.map(|e| e.message)),
-        };
-        let now = self.services.wall();
-        let letter = queue.insert(NewLetter {
-            message: Arc::clone(msg),
-            subscription: Some(self.id),
+        if !on {
+            return self.settle_detailed(msg, fallback, || error.map(|e| e.message));
+        }
+        match self
+            .services
+            .dead_letter(msg, Some(self.id), reason, error, attempts, first_failure)
+        {
+            Some(letter) => self.settle_detailed(msg, Outcome::DeadLettered(reason), || {
+                letter.error.map(|e| e.message)
+            }),
+            // Not reached: `dead_letter` flags are only set on a bus that
+            // keeps dead letters.
+            None => self.settle(msg, fallback),
+        }
+    }
+
+    /// [`give_up`](Self::give_up) for a message on its way to the handler:
+    /// its attempts so far, first failure and last error go with it.
+    fn give_up_item(&self, item: &Item<T>, reason: DeadLetterReason, fallback: Outcome) {
+        self.give_up(
+            &item.msg,
             reason,
-            error,
-            attempts,
-            first_failure: first_failure.unwrap_or(now),
-            last_failure: now,
-        });
-        self.services
-            .hooks(|h| h.call(&h.on_dead_letter, |f| f(&letter)));
-        self.settle_detailed(msg, Outcome::DeadLettered(reason), || {
-            letter.error.as_ref().map(|e| e.message.clone())
-        });
+            item.made(),
+            item.first_failure,
+            item.last_error.clone(),
+            fallback,
+        );
     }
 
     /// Settles an expired message (reported to the hook).
@@ -507,16 +514,11 @@ impl<T: Send + Sync + 'static> Sub<T> {
     /// candidates).
     #[inline]
     pub(crate) fn accepts(&self, msg: &Message<T>) -> bool {
-        match &self.gate {
-            None => true,
-            Some(gate) => {
-                self.count_screen(if gate.accepts(msg) {
-                    Screen::Pass
-                } else {
-                    Screen::Filtered
-                }) == Screen::Pass
-            }
+        let accepted = self.gate.as_ref().map_or(true, |g| g.accepts(msg));
+        if !accepted {
+            self.counters.bump_routed(FILTERED);
         }
+        accepted
     }
 
     /// The deduplication window alone, counted.
@@ -748,22 +750,11 @@ impl<T: Send + Sync + 'static> Sub<T> {
             // Pushed before `waiting` drops, so the retry is never invisible
             // to a quiescence check.
             Fire::Due => rel.push(item, strict),
-            Fire::Shutdown => {
-                let Item {
-                    msg,
-                    first_failure,
-                    last_error,
-                    ..
-                } = &item;
-                self.give_up(
-                    msg,
-                    DeadLetterReason::Shutdown,
-                    item.made(),
-                    *first_failure,
-                    last_error.clone(),
-                    Outcome::Dropped(DropReason::Shutdown),
-                );
-            }
+            Fire::Shutdown => self.give_up_item(
+                &item,
+                DeadLetterReason::Shutdown,
+                Outcome::Dropped(DropReason::Shutdown),
+            ),
         }
         rel.waiting.fetch_sub(1, Ordering::SeqCst);
         if strict {
@@ -823,23 +814,17 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 Gated::Stop
             }
             WhenOpen::Hold => {
-                self.give_up(
-                    &item.msg,
+                self.give_up_item(
+                    &item,
                     DeadLetterReason::Shutdown,
-                    item.made(),
-                    item.first_failure,
-                    item.last_error.clone(),
                     Outcome::Dropped(DropReason::Shutdown),
                 );
                 Gated::Shed
             }
             WhenOpen::DeadLetter => {
-                self.give_up(
-                    &item.msg,
+                self.give_up_item(
+                    &item,
                     DeadLetterReason::CircuitOpen,
-                    item.made(),
-                    item.first_failure,
-                    item.last_error.clone(),
                     Outcome::Dropped(DropReason::CircuitOpen),
                 );
                 Gated::Shed

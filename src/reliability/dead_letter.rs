@@ -311,32 +311,20 @@ impl DeadLetterQuery {
 
     /// True when `letter` is selected (the limit aside).
     pub fn selects<T>(&self, letter: &DeadLetter<T>) -> bool {
+        // `map_or(true, …)`: `Option::is_none_or` is newer than the crate's
+        // minimum Rust.
         self.topic
             .as_ref()
-            .is_none_or_match(|p| p.matches(letter.message.topic()))
+            .map_or(true, |p| p.matches(letter.message.topic()))
             && self
                 .subscription
-                .is_none_or_match(|s| letter.subscription == Some(*s))
+                .map_or(true, |s| letter.subscription == Some(s))
             && self
                 .error_kind
-                .is_none_or_match(|k| letter.error.as_ref().is_some_and(|e| e.kind == *k))
-            && self.reason.is_none_or_match(|r| letter.reason == *r)
-            && self.since.is_none_or_match(|t| letter.last_failure >= *t)
-            && self.until.is_none_or_match(|t| letter.last_failure < *t)
-    }
-}
-
-/// `Option::is_none_or` for the crate's minimum Rust version.
-trait NoneOr<T> {
-    fn is_none_or_match(&self, f: impl FnOnce(&T) -> bool) -> bool;
-}
-
-impl<T> NoneOr<T> for Option<T> {
-    fn is_none_or_match(&self, f: impl FnOnce(&T) -> bool) -> bool {
-        match self {
-            None => true,
-            Some(v) => f(v),
-        }
+                .map_or(true, |k| letter.error.as_ref().is_some_and(|e| e.kind == k))
+            && self.reason.map_or(true, |r| letter.reason == r)
+            && self.since.map_or(true, |t| letter.last_failure >= t)
+            && self.until.map_or(true, |t| letter.last_failure < t)
     }
 }
 
@@ -457,23 +445,22 @@ impl<T: 'static> DeadLetterQueue<T> {
     }
 
     pub(crate) fn query(&self, q: &DeadLetterQuery) -> Vec<DeadLetter<T>> {
-        let l = self.letters.lock();
-        l.by_id
-            .values()
-            .filter(|d| q.selects(d))
-            .take(q.limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect()
+        self.select(q, DeadLetter::clone)
     }
 
     /// Ids selected by `q`, oldest first.
     pub(crate) fn ids(&self, q: &DeadLetterQuery) -> Vec<DeadLetterId> {
+        self.select(q, |d| d.id)
+    }
+
+    /// `pick` of every letter `q` selects, oldest first, up to its limit.
+    fn select<R>(&self, q: &DeadLetterQuery, pick: impl FnMut(&DeadLetter<T>) -> R) -> Vec<R> {
         let l = self.letters.lock();
         l.by_id
             .values()
             .filter(|d| q.selects(d))
             .take(q.limit.unwrap_or(usize::MAX))
-            .map(|d| d.id)
+            .map(pick)
             .collect()
     }
 
