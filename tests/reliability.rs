@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use topicbus::{
-    BreakerWindow, Bus, CircuitBreaker, CircuitState, Clock, DeadLetter, DeadLetterQuery,
-    DeadLetterReason, Dedup, DropReason, ErrorKind, ManualClock, Message, MessageId, Outcome,
-    Pattern, Permanent, ReplayError, RequestError, RetryOrder, RetryPolicy, SubscribeOptions,
-    Topic, WhenOpen,
+    BreakerWindow, Bus, BusBuilder, CircuitBreaker, CircuitState, Clock, DeadLetter,
+    DeadLetterQuery, DeadLetterReason, Dedup, DropReason, ErrorKind, ManualClock, Message,
+    MessageId, Outcome, Pattern, Permanent, ReplayError, RequestError, RetryOrder, RetryPolicy,
+    SubscribeOptions, Topic, WhenOpen,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -27,6 +27,11 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < LONG, "timed out waiting for {what}");
         std::thread::yield_now();
     }
+}
+
+/// A one-worker bus on `clock`.
+fn on_clock(clock: &Arc<ManualClock>) -> BusBuilder<u32> {
+    Bus::<u32>::builder().workers(1).clock(clock.clone())
 }
 
 fn topic(s: &str) -> Topic {
@@ -44,9 +49,7 @@ fn retries_follow_the_backoff_schedule_on_the_timer() {
     let clock = ManualClock::shared();
     let (retry_tx, retry_rx) = mpsc::channel();
     let retry_tx = Mutex::new(retry_tx);
-    let bus = Bus::<u32>::builder()
-        .workers(1)
-        .clock(clock.clone())
+    let bus = on_clock(&clock)
         .dead_letters(10)
         .on_retry(move |_m, _s, attempt, delay| {
             let _ = retry_tx.lock().unwrap().send((attempt, delay));
@@ -121,9 +124,7 @@ fn ordering_run(order: RetryOrder) -> Vec<(u32, u32)> {
     let clock = ManualClock::shared();
     let (retry_tx, retry_rx) = mpsc::channel();
     let retry_tx = Mutex::new(retry_tx);
-    let bus = Bus::<u32>::builder()
-        .workers(1)
-        .clock(clock.clone())
+    let bus = on_clock(&clock)
         .on_retry(move |m, _s, _a, _d| {
             let _ = retry_tx.lock().unwrap().send(*m.payload());
         })
@@ -228,9 +229,7 @@ fn breaker_goes_closed_open_half_open_closed_and_open_again() {
     let clock = ManualClock::shared();
     let changes = Arc::new(Mutex::new(Vec::new()));
     let c = Arc::clone(&changes);
-    let bus = Bus::<u32>::builder()
-        .workers(1)
-        .clock(clock.clone())
+    let bus = on_clock(&clock)
         .on_circuit_change(move |_s, from, to| c.lock().unwrap().push((from, to)))
         .build()
         .unwrap();
@@ -302,12 +301,7 @@ fn breaker_goes_closed_open_half_open_closed_and_open_again() {
 fn an_open_breaker_dead_letters_or_drops_by_policy() {
     for policy in [WhenOpen::DeadLetter, WhenOpen::Drop] {
         let clock = ManualClock::shared();
-        let bus = Bus::<u32>::builder()
-            .workers(1)
-            .clock(clock.clone())
-            .dead_letters(10)
-            .build()
-            .unwrap();
+        let bus = on_clock(&clock).dead_letters(10).build().unwrap();
         let sub = bus
             .subscribe_with(
                 SubscribeOptions::new().pattern("svc").circuit_breaker(
@@ -334,11 +328,7 @@ fn an_open_breaker_dead_letters_or_drops_by_policy() {
 #[test]
 fn dedup_window_by_id_expires_with_the_clock() {
     let clock = ManualClock::shared();
-    let bus = Bus::<u32>::builder()
-        .workers(1)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let bus = on_clock(&clock).build().unwrap();
     let rx = bus
         .receiver_with(
             SubscribeOptions::new()
@@ -369,9 +359,7 @@ fn ttl_is_checked_at_enqueue_and_at_dequeue() {
     let clock = ManualClock::shared();
     let expired = Arc::new(AtomicUsize::new(0));
     let e = Arc::clone(&expired);
-    let bus = Bus::<u32>::builder()
-        .workers(1)
-        .clock(clock.clone())
+    let bus = on_clock(&clock)
         .dead_letters(10)
         .on_expire(move |_m, _s| {
             e.fetch_add(1, Ordering::SeqCst);
@@ -545,12 +533,7 @@ fn a_filter_for_another_payload_type_is_refused() {
 #[test]
 fn delayed_messages_arrive_in_due_order_and_shutdown_gives_up_the_rest() {
     let clock = ManualClock::shared();
-    let bus = Bus::<u32>::builder()
-        .workers(1)
-        .clock(clock.clone())
-        .dead_letters(10)
-        .build()
-        .unwrap();
+    let bus = on_clock(&clock).dead_letters(10).build().unwrap();
     let rx = bus.receiver("later").unwrap();
     for (p, secs) in [(30, 30), (10, 10), (20, 20), (99, 99)] {
         let r = bus
@@ -589,12 +572,7 @@ fn delayed_messages_arrive_in_due_order_and_shutdown_gives_up_the_rest() {
 #[test]
 fn retries_waiting_at_shutdown_are_dead_lettered() {
     let clock = ManualClock::shared();
-    let bus = Bus::<u32>::builder()
-        .workers(1)
-        .clock(clock.clone())
-        .dead_letters(10)
-        .build()
-        .unwrap();
+    let bus = on_clock(&clock).dead_letters(10).build().unwrap();
     let sub = bus
         .subscribe_with(
             SubscribeOptions::new().pattern("x").retry(retries(3, 1000)),
@@ -629,9 +607,7 @@ fn dead_letters_are_bounded_queried_and_replayed() {
             Ok(())
         }
     }
-    let bus = Bus::<u32>::builder()
-        .workers(1)
-        .clock(clock.clone())
+    let bus = on_clock(&clock)
         .dead_letters(5)
         .dead_letter_sink(Arc::new(Count(Arc::clone(&stored))))
         .build()
@@ -840,4 +816,35 @@ fn a_manual_clock_reads_both_clocks_together() {
         clock.wall().duration_since(w).unwrap(),
         Duration::from_secs(2)
     );
+}
+
+#[test]
+fn plain_publishes_are_stamped_by_the_bus_clock_with_fresh_ids() {
+    let clock = ManualClock::shared();
+    let bus = on_clock(&clock).build().unwrap();
+    let rx = bus.receiver("a").unwrap();
+    let first = bus.publish("a", 1).unwrap();
+    clock.advance(Duration::from_secs(5));
+    let second = bus.publish("a", 2).unwrap();
+    let (m1, m2) = (rx.recv().unwrap(), rx.recv().unwrap());
+    assert_eq!((m1.id(), m2.id()), (first.id, second.id));
+    assert!(m1.id() < m2.id());
+    assert_eq!(
+        m2.timestamp().duration_since(m1.timestamp()).unwrap(),
+        Duration::from_secs(5)
+    );
+    assert_eq!(m2.timestamp(), clock.wall());
+    assert_eq!(
+        (m1.attempt(), m1.expires_at(), m1.headers().len()),
+        (1, None, 0)
+    );
+
+    // On the system clock the stamp is the time of publishing.
+    let bus = Bus::<u32>::builder().workers(1).build().unwrap();
+    let rx = bus.receiver("a").unwrap();
+    let before = SystemTime::now();
+    bus.publish("a", 3).unwrap();
+    let after = SystemTime::now();
+    let m = rx.recv().unwrap();
+    assert!(before <= m.timestamp() && m.timestamp() <= after);
 }

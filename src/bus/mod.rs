@@ -1218,9 +1218,8 @@ impl<T: Send + Sync + 'static> Inner<T> {
     ) -> Result<Arc<Message<T>>, PublishError> {
         let topic = topic.into_topic(&self.limits)?;
         self.check_payload(&payload)?;
-        let mut msg = self.stamp(Message::builder(topic, payload)).build();
-        msg.tracker = tracker;
-        Ok(Arc::new(msg))
+        let stamp = self.custom_clock.then(|| self.services.wall());
+        Ok(Arc::new(Message::plain(topic, payload, stamp, tracker)))
     }
 
     /// Routes a checked message through the current snapshot and closes the

@@ -631,11 +631,19 @@ impl<T: Send + Sync + 'static> Sub<T> {
         };
         active.fetch_sub(1, Ordering::Release);
         // Inline subscriptions have no retries (no mailbox to retry from).
-        match self.failure(ran, None) {
-            None => self.settle(msg, Outcome::Handled),
-            Some(failure) => self.fail(Item::first(Arc::clone(msg)), failure),
+        match ran {
+            Ran::Ok => self.settle(msg, Outcome::Handled),
+            ran => self.fail_inline(msg, ran),
         }
         Offered::Enqueued
+    }
+
+    /// Settles an inline run that failed or panicked.
+    #[cold]
+    fn fail_inline(&self, msg: &Arc<Message<T>>, ran: Ran) {
+        if let Some(failure) = self.failure(ran, None) {
+            self.fail(Item::first(Arc::clone(msg)), failure);
+        }
     }
 
     /// Runs the handler on one message, catching panics.

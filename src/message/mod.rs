@@ -153,6 +153,36 @@ impl<T> Message<T> {
         }
     }
 
+    /// A plain message (no headers, expiry or addressing) created now, or
+    /// at `timestamp` when the bus runs on its own clock: the publish fast
+    /// path, which skips moving a whole [`MessageBuilder`] around.
+    #[inline]
+    pub(crate) fn plain(
+        topic: Topic,
+        payload: T,
+        timestamp: Option<SystemTime>,
+        tracker: Option<Arc<crate::bus::Tracker>>,
+    ) -> Self {
+        let (id, timestamp) = match timestamp {
+            Some(at) => (MessageId::new(), at),
+            None => {
+                let now = SystemTime::now();
+                (MessageId::at(now), now)
+            }
+        };
+        Message {
+            id,
+            topic,
+            payload,
+            timestamp,
+            expires_at: None,
+            extras: None,
+            priority: Priority::Normal,
+            attempt: 1,
+            tracker,
+        }
+    }
+
     /// The unique, time-ordered id.
     pub fn id(&self) -> MessageId {
         self.id
