@@ -1,18 +1,19 @@
 //! The scenarios: each runs its measurements and returns a [`Report`].
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use topicbus::{Bus, OverflowPolicy, SubscribeOptions};
+use topicbus::{Bus, OverflowPolicy, SubscribeOptions, WeakBus};
 
 use crate::measure::{now_ns, rss_bytes, Ticker};
 use crate::report::{
     fmt_mib, fmt_ns, fmt_rate, median, quantile_cells, quantile_header, spread, Goal, Plot, Report,
+    Series,
 };
 use crate::systems::{
     run_step, run_step_prepared, Behavior, Payload, RunConfig, Step, StepResult, System, Workload,
@@ -1073,72 +1074,139 @@ pub fn soak(o: &Opts) -> Report {
     } else {
         Duration::from_millis(250)
     };
+    // The sampler sees the bus once `prepare` hands it over (weakly, so the
+    // sampler never keeps it alive).
+    let bus_slot: Arc<Mutex<Option<WeakBus<Payload>>>> = Arc::default();
+    let publishing = AtomicU64::new(0);
+    let start = now_ns();
     let sampler = {
-        let stop = Arc::clone(&stop);
+        let (stop, bus_slot) = (Arc::clone(&stop), Arc::clone(&bus_slot));
         std::thread::spawn(move || {
-            let start = now_ns();
             let mut samples = Vec::new();
             let mut ticker = Ticker::new(interval);
             while !stop.load(Ordering::Relaxed) {
-                samples.push(((now_ns() - start) as f64 / 1e9, rss_bytes()));
+                let queued = bus_slot
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.as_ref().and_then(WeakBus::upgrade))
+                    .map_or(0, |bus| {
+                        bus.stats()
+                            .subscriptions
+                            .iter()
+                            .map(|s| s.queued.iter().sum::<usize>())
+                            .sum()
+                    });
+                samples.push(SoakSample {
+                    t: (now_ns() - start) as f64 / 1e9,
+                    rss: rss_bytes(),
+                    threads: proc_threads(),
+                    fds: open_fds(),
+                    queued,
+                });
                 ticker.wait();
             }
             samples
         })
     };
-    let r = run_step(System::Topicbus, &w, &o.cfg, &open(rate, length));
+    let r = run_step_prepared(
+        System::Topicbus,
+        &w,
+        &o.cfg,
+        &open(rate, length),
+        &mut |bus| {
+            if let Ok(mut slot) = bus_slot.lock() {
+                *slot = Some(bus.downgrade());
+            }
+            publishing.store(now_ns() - start, Ordering::Relaxed);
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.join().unwrap_or_default();
     keep(&mut rep, "soak", &r);
     bar.inc(1);
-    let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
     let n = samples.len();
-    // Growth over the second half (after warm-up and the first fills).
-    let half = &samples[n / 2..];
+    // Flatness is judged over the second half of the publishing (after
+    // warm-up and the first fills; not the drain and shutdown after it).
+    let from = (publishing.load(Ordering::Relaxed) + r.publish_ns / 2) as f64 / 1e9;
+    let to = (publishing.load(Ordering::Relaxed) + r.publish_ns) as f64 / 1e9;
+    let half: Vec<&SoakSample> = samples
+        .iter()
+        .filter(|s| (from..=to).contains(&s.t))
+        .collect();
+    let range = |f: fn(&SoakSample) -> u64| -> (u64, u64) {
+        let v = half.iter().map(|s| f(s));
+        (v.clone().min().unwrap_or(0), v.max().unwrap_or(0))
+    };
+    let max = samples.iter().map(|s| s.rss).max().unwrap_or(0);
     let growth = match (half.first(), half.last()) {
-        (Some(a), Some(b)) => b.1 as f64 - a.1 as f64,
+        (Some(a), Some(b)) => b.rss as f64 - a.rss as f64,
         _ => 0.0,
     };
-    rep.csv.push_str("\nt_s,rss_bytes\n");
-    for (t, b) in &samples {
-        let _ = writeln!(rep.csv, "{t:.3},{b}");
+    let (threads, fds) = (range(|s| s.threads), range(|s| s.fds));
+    let queued = range(|s| s.queued as u64);
+    // What the mailboxes can hold: three lanes of `capacity` per subscription.
+    let bound = (w.subs.len() * 3 * o.cfg.capacity) as u64;
+    rep.csv.push_str("\nt_s,rss_bytes,threads,fds,queued\n");
+    for s in &samples {
+        let _ = writeln!(
+            rep.csv,
+            "{:.3},{},{},{},{}",
+            s.t, s.rss, s.threads, s.fds, s.queued
+        );
     }
     let _ = writeln!(
         rep.body,
-        "topicbus, {} subscriptions ({:.2} deliveries per message), {} offered for {:.0} s, RSS \
-         sampled every {} ms ({n} samples). RSS is the whole process's: the bus plus the \
-         generator's histograms and workload tables.\n\n\
-         | RSS first | RSS max | RSS last | growth over the second half |\n|---:|---:|---:|---:|\n\
-         | {} | {} | {} | {} |\n",
+        "topicbus, {} subscriptions ({:.2} deliveries per message), {} offered for {:.0} s, \
+         sampled every {} ms ({n} samples): RSS, the process's threads and open file \
+         descriptors, and the messages queued in all mailboxes (`Bus::stats`). RSS is the \
+         whole process's: the bus plus the generator's histograms and workload tables.\n\n\
+         | RSS first | RSS max | RSS last | RSS growth over the second half | threads (2nd half) | \
+         fds (2nd half) | queued (2nd half, min–max) |\n|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {} | {} | {}–{} | {}–{} | {}–{} |\n",
         w.subs.len(),
         w.fanout(),
         fmt_rate(rate),
         length.as_secs_f64(),
         interval.as_millis(),
-        fmt_mib(samples.first().map_or(0, |s| s.1)),
+        fmt_mib(samples.first().map_or(0, |s| s.rss)),
         fmt_mib(max),
-        fmt_mib(samples.last().map_or(0, |s| s.1)),
+        fmt_mib(samples.last().map_or(0, |s| s.rss)),
         if growth >= 0.0 {
             fmt_mib(growth as u64)
         } else {
             format!("−{}", fmt_mib(-growth as u64))
         },
+        threads.0,
+        threads.1,
+        fds.0,
+        fds.1,
+        queued.0,
+        queued.1,
     );
     rep.body.push_str(&latency_table_header("run"));
     rep.body.push_str(&latency_row("soak", &r));
+    let series = |name: &str, f: fn(&SoakSample) -> f64| -> Series {
+        (name.into(), samples.iter().map(|s| (s.t, f(s))).collect())
+    };
     rep.plots.push(Plot {
         title: "RSS over the soak".into(),
         x: "time (s)".into(),
         y: "RSS (MiB)".into(),
         log_x: false,
         log_y: false,
-        series: vec![(
-            "RSS".into(),
-            samples
-                .iter()
-                .map(|(t, b)| (*t, *b as f64 / 1048576.0))
-                .collect(),
-        )],
+        series: vec![series("RSS", |s| s.rss as f64 / 1048576.0)],
+    });
+    rep.plots.push(Plot {
+        title: "Queued messages and handles over the soak".into(),
+        x: "time (s)".into(),
+        y: "count".into(),
+        log_x: false,
+        log_y: false,
+        series: vec![
+            series("queued (all mailboxes)", |s| s.queued as f64),
+            series("threads", |s| s.threads as f64),
+            series("open fds", |s| s.fds as f64),
+        ],
     });
     rep.goals.push(Goal {
         what: format!("RSS at {} offered with 1,024 subscriptions", fmt_rate(rate)),
@@ -1152,8 +1220,49 @@ pub fn soak(o: &Opts) -> Report {
         measured: format!("{:+.2} MiB", growth / 1048576.0),
         met: growth <= 1048576.0,
     });
+    rep.goals.push(Goal {
+        what: "threads and open fds flat over the soak (second half)".into(),
+        target: "no change".into(),
+        measured: format!(
+            "threads {}–{}, fds {}–{}",
+            threads.0, threads.1, fds.0, fds.1
+        ),
+        met: threads.0 == threads.1 && fds.0 == fds.1,
+    });
+    rep.goals.push(Goal {
+        what: "queued messages bounded (second half)".into(),
+        target: format!("≤ {bound} (3 lanes × capacity × subscriptions)"),
+        measured: format!("max {}", queued.1),
+        met: queued.1 <= bound,
+    });
     bar.finish_with_message("done");
     rep
+}
+
+/// One sample of the soak's resource use.
+struct SoakSample {
+    t: f64,
+    rss: u64,
+    threads: u64,
+    fds: u64,
+    queued: usize,
+}
+
+/// The process's thread count (`/proc/self/status`), 0 if unreadable.
+fn proc_threads() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The process's open file descriptors (`/proc/self/fd`), 0 if unreadable.
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
 }
 
 // ------------------------------------------------------------------ mixed
