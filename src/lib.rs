@@ -145,7 +145,10 @@ struct ReadmeDoctests;
 #[cfg(topicbus_loom)]
 #[doc(hidden)]
 pub mod __loom {
+    pub use crate::bus::request::{Inbox, Waiter};
+    pub use crate::bus::stats::{Entered, Publishes};
     pub use crate::mailbox::lanes::{Lanes, OverflowPolicy, Push};
     pub use crate::mailbox::state::{AfterRun, OnPush, State};
     pub use crate::pool::{Pool, Task, TaskRef};
+    pub use crate::reliability::timer::{Fire, Job, Timer};
 }

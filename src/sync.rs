@@ -343,6 +343,23 @@ pub(crate) fn wait_deadline(deadline: Option<std::time::Instant>) -> std::time::
         .unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(31_536_000))
 }
 
+/// Orders a `SeqCst` access before every later `SeqCst` access of this
+/// thread, for loom's sake only.
+///
+/// The store-buffering protocols here (a publisher's `SeqCst` increment
+/// then `SeqCst` load of the bus state, against shutdown's `SeqCst` store
+/// then `SeqCst` load of the counters) are correct because all `SeqCst`
+/// accesses form one total order. loom does not model that order for
+/// accesses, only for fences (tokio-rs/loom#180), and would report the
+/// forbidden outcome. Under loom this is `fence(SeqCst)`, which loom does
+/// model and which forbids the same outcome; in a real build it is nothing,
+/// so the hot path pays no fence for the model.
+#[inline(always)]
+pub(crate) fn seqcst_for_loom() {
+    #[cfg(topicbus_loom)]
+    loom::sync::atomic::fence(loom::sync::atomic::Ordering::SeqCst);
+}
+
 /// Atomics for process-wide `static` counters (the message id sequence).
 ///
 /// loom's atomics cannot live in statics, and these take part in no

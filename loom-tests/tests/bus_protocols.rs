@@ -6,12 +6,18 @@
 //!   message is handled or drained exactly once;
 //! - `concurrent_runners_lose_no_message`: a subscription with concurrency
 //!   2 (two runners sharing one queue, the publisher offering each message
-//!   to the first runner that schedules) runs every message exactly once.
+//!   to the first runner that schedules) runs every message exactly once;
+//! - `a_queue_group_gives_each_message_to_one_member`: two publishers
+//!   dispatch round-robin (`GroupStrategy::RoundRobin`, the turn counter of
+//!   `Inner::dispatch_groups`) to a group of two members while one member
+//!   unsubscribes: consecutive turns go to different members, and each
+//!   message is handled by exactly one member or drained by the closing one
+//!   (counted dropped, unsubscribed), never both, never lost.
 #![cfg(topicbus_loom)]
 
 use std::collections::VecDeque;
 
-use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 use topicbus::__loom::{AfterRun, OnPush, State};
@@ -199,5 +205,44 @@ fn concurrent_runners_lose_no_message() {
         while sub.work_once(0) || sub.work_once(1) {}
         assert_eq!(sub.all_sorted(), [1, 2], "each message exactly once");
         assert!(sub.queue.lock().unwrap().is_empty(), "a wake-up was lost");
+    });
+}
+
+#[test]
+fn a_queue_group_gives_each_message_to_one_member() {
+    loom::model(|| {
+        let members = Arc::new([Sub::new(1), Sub::new(1)]);
+        let next = Arc::new(AtomicUsize::new(0));
+        let publishers: Vec<_> = [1, 2]
+            .map(|v| {
+                let (members, next) = (members.clone(), next.clone());
+                thread::spawn(move || {
+                    // Relaxed, as in `dispatch_groups`: only the turns'
+                    // uniqueness matters, which the RMW gives.
+                    let turn = next.fetch_add(1, Ordering::Relaxed);
+                    members[turn % 2].publish(v);
+                    turn % 2
+                })
+            })
+            .into_iter()
+            .collect();
+        let unsub = {
+            let members = members.clone();
+            thread::spawn(move || members[0].unsubscribe())
+        };
+        let chosen: Vec<usize> = publishers.into_iter().map(|p| p.join().unwrap()).collect();
+        // The pool (here, this thread) runs whatever is scheduled, also
+        // while the unsubscribe waits for its runner.
+        while members[0].work_once(0) || members[1].work_once(0) {}
+        unsub.join().unwrap();
+        assert_ne!(
+            chosen[0], chosen[1],
+            "round-robin turns go to different members"
+        );
+        let mut all = members[0].all_sorted();
+        all.extend(members[1].all_sorted());
+        all.sort_unstable();
+        assert_eq!(all, [1, 2], "each message to exactly one member, once");
+        assert!(members[1].drained.lock().unwrap().is_empty());
     });
 }

@@ -34,9 +34,13 @@ mod filter;
 mod hooks;
 mod options;
 mod receiver;
-mod request;
+// `pub` items so that `loom-tests` can reach the inbox through `__loom`.
+#[allow(unreachable_pub)]
+pub(crate) mod request;
 mod services;
-mod stats;
+// `pub` items so that `loom-tests` can reach the publish gate through `__loom`.
+#[allow(unreachable_pub)]
+pub(crate) mod stats;
 mod sub;
 
 use std::collections::HashMap;

@@ -115,7 +115,7 @@ struct Pending<T> {
 }
 
 /// The requests waiting for replies.
-pub(crate) struct Inbox<T> {
+pub struct Inbox<T> {
     pub(crate) topic: Topic,
     waiting: Mutex<HashMap<MessageId, Arc<Pending<T>>>>,
     late: AtomicU64,
@@ -133,7 +133,8 @@ impl<T> std::fmt::Debug for Inbox<T> {
 }
 
 impl<T: Send + Sync + 'static> Inbox<T> {
-    pub(crate) fn new() -> Arc<Self> {
+    /// An inbox on a fresh random `_inbox.<hex>` topic.
+    pub fn new() -> Arc<Self> {
         let topic = Topic::parse(&format!("_inbox.{:016x}", fastrand::u64(..)))
             .expect("`_inbox.` and 16 hex digits make a valid topic");
         Arc::new(Self {
@@ -144,12 +145,13 @@ impl<T: Send + Sync + 'static> Inbox<T> {
         })
     }
 
-    pub(crate) fn late(&self) -> u64 {
+    /// Replies that found no request waiting (late or unknown).
+    pub fn late(&self) -> u64 {
         self.late.load(Ordering::Relaxed)
     }
 
     /// The inbox subscription's handler: completes the matching request.
-    pub(crate) fn deliver(&self, reply: &Arc<Message<T>>) {
+    pub fn deliver(&self, reply: &Arc<Message<T>>) {
         let Some(corr) = reply.correlation_id() else {
             self.late.fetch_add(1, Ordering::Relaxed);
             return;
@@ -172,7 +174,7 @@ impl<T: Send + Sync + 'static> Inbox<T> {
     }
 
     /// Registers request `corr`.
-    pub(crate) fn expect(&self, corr: MessageId) -> Waiter<T> {
+    pub fn expect(&self, corr: MessageId) -> Waiter<T> {
         let pending = Arc::new(Pending {
             slot: Mutex::new(None),
             done: Condvar::new(),
@@ -187,7 +189,7 @@ impl<T: Send + Sync + 'static> Inbox<T> {
     }
 
     /// The timer job that ends request `corr`'s wait.
-    pub(crate) fn timeout_job(self: &Arc<Self>, corr: MessageId) -> crate::reliability::timer::Job {
+    pub fn timeout_job(self: &Arc<Self>, corr: MessageId) -> crate::reliability::timer::Job {
         let me = Arc::clone(self);
         Box::new(move |fire| {
             let why = match fire {
@@ -200,14 +202,15 @@ impl<T: Send + Sync + 'static> Inbox<T> {
 }
 
 /// A requester's handle on its pending request.
-pub(crate) struct Waiter<T> {
+#[derive(Debug)]
+pub struct Waiter<T> {
     pub(crate) corr: MessageId,
     pending: Arc<Pending<T>>,
 }
 
 impl<T> Waiter<T> {
     /// Waits until the request completes (the timer guarantees it does).
-    pub(crate) fn wait(self) -> Result<Arc<Message<T>>, RequestError> {
+    pub fn wait(self) -> Result<Arc<Message<T>>, RequestError> {
         let mut slot = self.pending.slot.lock();
         loop {
             if let Some(result) = slot.take() {

@@ -603,7 +603,7 @@ impl BusStats {
 /// either the publish sees the bus draining and gives up, or shutdown sees
 /// it entered and waits until it leaves.
 #[derive(Debug)]
-pub(crate) struct Publishes {
+pub struct Publishes {
     stripes: Box<[super::sub::Padded<Stripe>]>,
 }
 
@@ -627,7 +627,8 @@ fn next_slot() -> usize {
 
 /// One publish in flight; dropped without [`commit`](Self::commit) it
 /// counts as abandoned.
-pub(crate) struct Entered<'a> {
+#[derive(Debug)]
+pub struct Entered<'a> {
     stripe: &'a Stripe,
     committed: bool,
 }
@@ -635,7 +636,7 @@ pub(crate) struct Entered<'a> {
 impl Entered<'_> {
     /// The message was published.
     #[inline]
-    pub(crate) fn commit(mut self) {
+    pub fn commit(mut self) {
         self.committed = true;
         self.stripe.published.fetch_add(1, Ordering::Release);
     }
@@ -650,8 +651,15 @@ impl Drop for Entered<'_> {
     }
 }
 
+impl Default for Publishes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Publishes {
-    pub(crate) fn new() -> Self {
+    /// No publish entered yet.
+    pub fn new() -> Self {
         Self {
             stripes: (0..STRIPES)
                 .map(|_| super::sub::Padded(Stripe::default()))
@@ -661,9 +669,10 @@ impl Publishes {
 
     /// Registers a publish in flight. Check that the bus is open after this.
     #[inline]
-    pub(crate) fn enter(&self) -> Entered<'_> {
+    pub fn enter(&self) -> Entered<'_> {
         let stripe = &self.stripes[SLOT.with(|s| *s)].0;
         stripe.entered.fetch_add(1, Ordering::SeqCst);
+        crate::sync::seqcst_for_loom();
         Entered {
             stripe,
             committed: false,
@@ -680,7 +689,8 @@ impl Publishes {
 
     /// True when no publish is in flight. Read after marking the bus
     /// draining (SeqCst), it stays true: later publishes give up.
-    pub(crate) fn none_in_flight(&self) -> bool {
+    pub fn none_in_flight(&self) -> bool {
+        crate::sync::seqcst_for_loom();
         self.stripes.iter().all(|s| {
             let s = &s.0;
             // Leaves first, then entries: a publish that leaves in between

@@ -9,6 +9,8 @@ mod clock;
 mod dead_letter;
 mod dedup;
 mod retry;
+// `pub` items so that `loom-tests` can reach the timer through `__loom`.
+#[allow(unreachable_pub)]
 pub(crate) mod timer;
 
 pub(crate) use breaker::{Admit, Breaker, Change};

@@ -29,13 +29,13 @@ use std::sync::{Arc, Weak};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{thread, Condvar, Mutex};
 
 use super::Clock;
 
 /// Why a job runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fire {
+pub enum Fire {
     /// Its time came.
     Due,
     /// The timer stopped first (the bus is shutting down).
@@ -43,11 +43,11 @@ pub(crate) enum Fire {
 }
 
 /// A timer job.
-pub(crate) type Job = Box<dyn FnOnce(Fire) + Send>;
+pub type Job = Box<dyn FnOnce(Fire) + Send>;
 
 /// Identifies a scheduled job, for [`Timer::cancel`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct TimerKey(u64);
+pub struct TimerKey(u64);
 
 struct Entry {
     at: Instant,
@@ -112,9 +112,9 @@ impl Wake for Jump {
 }
 
 /// The timer. See the module docs.
-pub(crate) struct Timer {
+pub struct Timer {
     shared: Arc<Shared>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Timer {
@@ -138,7 +138,8 @@ pub(crate) struct TimerStats {
 use crate::sync::atomic::Ordering;
 
 impl Timer {
-    pub(crate) fn new(clock: Arc<dyn Clock>) -> Self {
+    /// A timer on `clock`; its thread starts with the first job.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 clock,
@@ -154,7 +155,7 @@ impl Timer {
 
     /// Runs `job` when the clock reaches `at` (at once, on this thread, with
     /// [`Fire::Shutdown`], when the timer has stopped).
-    pub(crate) fn schedule(&self, at: Instant, job: Job) -> TimerKey {
+    pub fn schedule(&self, at: Instant, job: Job) -> TimerKey {
         let mut st = self.shared.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -177,7 +178,7 @@ impl Timer {
     }
 
     /// Runs `job` after `delay` of the timer's clock.
-    pub(crate) fn schedule_in(&self, delay: Duration, job: Job) -> TimerKey {
+    pub fn schedule_in(&self, delay: Duration, job: Job) -> TimerKey {
         let now = self.shared.clock.now();
         let at = now
             .checked_add(delay)
@@ -186,7 +187,7 @@ impl Timer {
     }
 
     /// Drops `key`'s job without running it, if it has not run yet.
-    pub(crate) fn cancel(&self, key: TimerKey) {
+    pub fn cancel(&self, key: TimerKey) {
         let mut st = self.shared.state.lock();
         if !st.live.remove(&key.0) {
             return;
@@ -203,7 +204,7 @@ impl Timer {
     }
 
     /// Jobs waiting.
-    pub(crate) fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.shared.state.lock().live.len()
     }
 
@@ -219,7 +220,7 @@ impl Timer {
 
     /// Stops the thread and runs every waiting job with
     /// [`Fire::Shutdown`], here, in due order. Idempotent.
-    pub(crate) fn stop(&self) {
+    pub fn stop(&self) {
         let entries = {
             let mut st = self.shared.state.lock();
             if st.stopped {
@@ -238,7 +239,7 @@ impl Timer {
             due
         };
         if let Some(t) = self.thread.lock().take() {
-            if t.thread().id() != std::thread::current().id() {
+            if t.thread().id() != thread::current().id() {
                 let _ = t.join();
             }
         }
@@ -251,7 +252,7 @@ impl Timer {
         let shared = Arc::clone(&self.shared);
         let jump = Waker::from(Arc::new(Jump(Arc::downgrade(&self.shared))));
         self.shared.clock.on_jump(jump);
-        let spawned = std::thread::Builder::new()
+        let spawned = thread::Builder::new()
             .name("topicbus-timer".into())
             .spawn(move || run_thread(&shared));
         match spawned {
