@@ -1424,8 +1424,9 @@ mod tests {
         assert_eq!(cells[1], "a;b");
         assert_eq!(cells[2], "topicbus");
         assert_eq!(cells[4], r.sent.to_string());
-        // 1,000 messages at 50 K/s for 20 ms, two deliveries each.
-        assert_eq!(r.sent, 1_000);
-        assert_eq!(cells[8], "2000");
+        // At most 1,000 messages at 50 K/s for 20 ms (fewer when the host
+        // cannot keep up, e.g. under AddressSanitizer), two deliveries each.
+        assert!((1..=1_000).contains(&r.sent), "{}", r.sent);
+        assert_eq!(cells[8], (2 * r.sent).to_string());
     }
 }

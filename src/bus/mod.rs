@@ -1047,9 +1047,9 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// # Errors
     ///
     /// [`RequestError::NoResponders`] when no subscription matched,
-    /// [`RequestError::Timeout`], [`RequestError::Closed`] when the bus
-    /// shut down meanwhile, [`RequestError::Publish`] as
-    /// [`publish`](Self::publish).
+    /// [`RequestError::Timeout`], [`RequestError::Closed`] when the bus had
+    /// shut down or shut down meanwhile, [`RequestError::Publish`] for the
+    /// other refusals of [`publish`](Self::publish).
     ///
     /// # Examples
     ///
@@ -1091,7 +1091,10 @@ impl<T: Send + Sync + 'static> Bus<T> {
         timeout: Duration,
     ) -> Result<Arc<Message<T>>, RequestError> {
         let inner = self.inner();
-        let inbox = inner.inbox()?;
+        let inbox = inner.inbox().map_err(|e| match e {
+            SubscribeError::Closed => RequestError::Closed,
+            e => RequestError::Inbox(e),
+        })?;
         let corr = crate::MessageId::new();
         let waiter = inbox.expect(corr);
         let message = message.correlation_id(corr).reply_to(inbox.topic.clone());
@@ -1102,6 +1105,7 @@ impl<T: Send + Sync + 'static> Bus<T> {
             .timer
             .schedule_in(timeout, inbox.timeout_job(corr));
         let refused = match self.publish_message(message) {
+            Err(PublishError::Closed) => Some(RequestError::Closed),
             Err(e) => Some(e.into()),
             Ok(r) if r.matched == 0 && !r.delayed => Some(RequestError::NoResponders),
             Ok(_) => None,
@@ -1260,8 +1264,10 @@ impl<T: Send + Sync + 'static> Inner<T> {
         let options = SubscribeOptions::new()
             .pattern(inbox.topic.as_str())
             .inline(true);
-        let sub = self.add(&options, Make::Inline(handler))?;
-        *inbox.sub.lock() = Some(sub);
+        // The registry keeps the subscription (and through its handler the
+        // inbox) alive as long as the bus; the inbox must not point back at
+        // the subscription, or the two would keep each other alive for ever.
+        self.add(&options, Make::Inline(handler))?;
         *slot = Some(Arc::clone(&inbox));
         Ok(inbox)
     }
@@ -1605,5 +1611,24 @@ impl<T: Send + Sync + 'static> Inner<T> {
         drop(report);
         self.services.hooks(|h| h.call(&h.on_shutdown, |f| f(&r)));
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by LeakSanitizer: the inbox once held its own subscription,
+    /// whose handler holds the inbox, so every bus that made a request
+    /// leaked both.
+    #[test]
+    fn a_dropped_bus_frees_its_request_inbox() {
+        let bus = Bus::<u32>::builder().workers(1).build().unwrap();
+        let err = bus.request("nobody.home", 1, Duration::from_secs(5));
+        assert!(matches!(err, Err(RequestError::NoResponders)));
+        let inbox = Arc::downgrade(bus.inner().inbox.lock().as_ref().unwrap());
+        assert!(inbox.upgrade().is_some());
+        drop(bus);
+        assert!(inbox.upgrade().is_none(), "the inbox outlived its bus");
     }
 }

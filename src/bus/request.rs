@@ -48,8 +48,8 @@ pub enum RequestError {
     /// No reply came within the timeout.
     #[error("no reply within the timeout")]
     Timeout,
-    /// The bus shut down while the request waited.
-    #[error("the bus shut down while the request waited")]
+    /// The bus had shut down, or shut down while the request waited.
+    #[error("the bus is shut down")]
     Closed,
 }
 
@@ -119,8 +119,6 @@ pub struct Inbox<T> {
     pub(crate) topic: Topic,
     waiting: Mutex<HashMap<MessageId, Arc<Pending<T>>>>,
     late: AtomicU64,
-    /// The inbox's subscription; kept so it lives as long as the bus.
-    pub(crate) sub: Mutex<Option<Arc<super::Sub<T>>>>,
 }
 
 impl<T> std::fmt::Debug for Inbox<T> {
@@ -141,7 +139,6 @@ impl<T: Send + Sync + 'static> Inbox<T> {
             topic,
             waiting: Mutex::new(HashMap::new()),
             late: AtomicU64::new(0),
-            sub: Mutex::new(None),
         })
     }
 
