@@ -128,6 +128,7 @@ pub use crate::message::{
     check_payload_size, HeaderText, Headers, Message, MessageBuilder, MessageId, PayloadSize,
     PayloadTooLarge, Priority, DEFAULT_MAX_PAYLOAD,
 };
+pub use crate::registry::SubscriptionId;
 pub use crate::reliability::{
     BreakerWindow, CircuitBreaker, CircuitState, Classifier, Clock, DeadLetter, DeadLetterId,
     DeadLetterQuery, DeadLetterReason, DeadLetterSink, DeadLetterStats, Dedup, ErrorKind, Failure,

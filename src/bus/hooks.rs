@@ -15,7 +15,7 @@ use crate::registry::SubscriptionId;
 use crate::reliability::{CircuitState, DeadLetter, Failure};
 use crate::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Receipt, ShutdownReport};
+use super::{Outcome, Receipt, ShutdownReport};
 
 type Hook<A> = Option<Box<A>>;
 type OnPublish<T> = dyn Fn(&Message<T>, &Receipt) + Send + Sync;
@@ -25,11 +25,13 @@ type OnRetry<T> = dyn Fn(&Message<T>, SubscriptionId, u32, Duration) + Send + Sy
 type OnDeadLetter<T> = dyn Fn(&DeadLetter<T>) + Send + Sync;
 type OnCircuit = dyn Fn(SubscriptionId, CircuitState, CircuitState) + Send + Sync;
 type OnShutdown = dyn Fn(&ShutdownReport) + Send + Sync;
+type OnOutcome<T> = dyn Fn(&Message<T>, SubscriptionId, Outcome) + Send + Sync;
 
 /// The hooks of one bus.
 pub(crate) struct Hooks<T> {
     pub(crate) on_publish: Hook<OnPublish<T>>,
     pub(crate) on_deliver: Hook<OnMessage<T>>,
+    pub(crate) on_outcome: Hook<OnOutcome<T>>,
     pub(crate) on_error: Hook<OnError<T>>,
     pub(crate) on_retry: Hook<OnRetry<T>>,
     pub(crate) on_dead_letter: Hook<OnDeadLetter<T>>,
@@ -44,6 +46,7 @@ impl<T> Default for Hooks<T> {
         Self {
             on_publish: None,
             on_deliver: None,
+            on_outcome: None,
             on_error: None,
             on_retry: None,
             on_dead_letter: None,
@@ -60,6 +63,7 @@ impl<T> std::fmt::Debug for Hooks<T> {
         f.debug_struct("Hooks")
             .field("on_publish", &self.on_publish.is_some())
             .field("on_deliver", &self.on_deliver.is_some())
+            .field("on_outcome", &self.on_outcome.is_some())
             .field("on_error", &self.on_error.is_some())
             .field("on_retry", &self.on_retry.is_some())
             .field("on_dead_letter", &self.on_dead_letter.is_some())
@@ -74,6 +78,7 @@ impl<T> Hooks<T> {
     pub(crate) fn is_empty(&self) -> bool {
         self.on_publish.is_none()
             && self.on_deliver.is_none()
+            && self.on_outcome.is_none()
             && self.on_error.is_none()
             && self.on_retry.is_none()
             && self.on_dead_letter.is_none()

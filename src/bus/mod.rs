@@ -368,6 +368,45 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
         self
     }
 
+    /// Calls `hook(message, subscription, outcome)` when a subscription
+    /// settles a message for good: exactly once per message and matched
+    /// subscription, whatever the outcome (handled, received, failed,
+    /// panicked, dropped by a named policy, expired, dead-lettered). The
+    /// hook an auditor or a metrics exporter wants: the sum of its calls is
+    /// the sum of the outcome counters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Outcome};
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = std::sync::Mutex::new(tx);
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .on_outcome(move |m, _sub, outcome| {
+    ///         let _ = tx.lock().unwrap().send((*m.payload(), outcome));
+    ///     })
+    ///     .build()?;
+    /// let _s = bus.subscribe("jobs", |m: &Message<u32>| {
+    ///     if *m.payload() == 2 { Err("no") } else { Ok(()) }
+    /// })?;
+    /// bus.publish("jobs", 1)?;
+    /// bus.publish("jobs", 2)?;
+    /// let wait = Duration::from_secs(10);
+    /// assert_eq!(rx.recv_timeout(wait)?, (1, Outcome::Handled));
+    /// assert_eq!(rx.recv_timeout(wait)?, (2, Outcome::Failed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_outcome(
+        mut self,
+        hook: impl Fn(&Message<T>, SubscriptionId, Outcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_outcome = Some(Box::new(hook));
+        self
+    }
+
     /// Calls `hook(message, subscription, next_attempt, delay)` when a
     /// retry is scheduled.
     pub fn on_retry(
@@ -1249,6 +1288,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
         builder.timestamp(self.services.wall())
     }
 
+    /// True when the bus has a hook that `which` picks.
+    fn has_hook(&self, which: impl Fn(&hooks::Hooks<T>) -> bool) -> bool {
+        self.services.hooks.as_ref().is_some_and(|h| which(h))
+    }
+
     /// The request-reply inbox, subscribed on first use.
     fn inbox(self: &Arc<Self>) -> Result<Arc<request::Inbox<T>>, SubscribeError> {
         let mut slot = self.inbox.lock();
@@ -1470,11 +1514,8 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     batch,
                     paused: options.paused,
                     probe: self.services.pool.probe(),
-                    deliver_hook: self
-                        .services
-                        .hooks
-                        .as_ref()
-                        .is_some_and(|h| h.on_deliver.is_some()),
+                    deliver_hook: self.has_hook(|h| h.on_deliver.is_some()),
+                    outcome_hook: self.has_hook(|h| h.on_outcome.is_some()),
                     services: Arc::clone(&self.services),
                     gate: gate.take(),
                     rel: rel.take(),

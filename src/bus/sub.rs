@@ -301,6 +301,8 @@ pub(crate) struct Sub<T> {
     pub(crate) services: Arc<Services<T>>,
     /// The bus has an `on_deliver` hook (checked per handler call).
     deliver_hook: bool,
+    /// The bus has an `on_outcome` hook (checked per settled message).
+    outcome_hook: bool,
     /// Filters and deduplication (publisher side).
     pub(crate) gate: Option<Box<Gate<T>>>,
     /// Retries and the circuit breaker (worker side).
@@ -361,6 +363,7 @@ pub(crate) struct Spec<T> {
     pub(crate) paused: bool,
     pub(crate) probe: QueueProbe,
     pub(crate) deliver_hook: bool,
+    pub(crate) outcome_hook: bool,
     pub(crate) services: Arc<Services<T>>,
     pub(crate) gate: Option<Box<Gate<T>>>,
     pub(crate) rel: Option<Box<Reliable<T>>>,
@@ -401,6 +404,7 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 quiet: Condvar::new(),
                 probe: spec.probe,
                 deliver_hook: spec.deliver_hook,
+                outcome_hook: spec.outcome_hook,
                 services: spec.services,
                 gate: spec.gate,
                 rel: spec.rel,
@@ -424,6 +428,10 @@ impl<T: Send + Sync + 'static> Sub<T> {
         detail: impl FnOnce() -> Option<String>,
     ) {
         self.counters.outcomes.0[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        if self.outcome_hook {
+            self.services
+                .hooks(|h| h.call(&h.on_outcome, |f| f(msg, self.id, outcome)));
+        }
         if let Some(tracker) = &msg.tracker {
             tracker.report(self.id, outcome, detail());
         }
