@@ -421,6 +421,7 @@ impl<T: Send + Sync + 'static> Sub<T> {
 
     /// [`settle`](Self::settle) with a detail (error text) for a confirmed
     /// publisher, computed only when one waits.
+    #[inline]
     fn settle_detailed(
         &self,
         msg: &Message<T>,
@@ -429,12 +430,19 @@ impl<T: Send + Sync + 'static> Sub<T> {
     ) {
         self.counters.outcomes.0[outcome.index()].fetch_add(1, Ordering::Relaxed);
         if self.outcome_hook {
-            self.services
-                .hooks(|h| h.call(&h.on_outcome, |f| f(msg, self.id, outcome)));
+            self.outcome_hook(msg, outcome);
         }
         if let Some(tracker) = &msg.tracker {
             tracker.report(self.id, outcome, detail());
         }
+    }
+
+    /// Calls the bus's `on_outcome` hook (out of line: most buses have none).
+    #[cold]
+    #[inline(never)]
+    fn outcome_hook(&self, msg: &Message<T>, outcome: Outcome) {
+        self.services
+            .hooks(|h| h.call(&h.on_outcome, |f| f(msg, self.id, outcome)));
     }
 
     /// Gives `msg` up: into the bus's dead letters when this subscription
