@@ -6,7 +6,9 @@
 #                                 at once), growing fuzz/corpus/, then
 #                                 minimised with `cargo fuzz cmin`
 #   .ci/long.sh chaos [seconds]   the chaos accounting test for that long
-#                                 (default 600 s), release build
+#                                 (default 240 s: chaos for half, then the
+#                                 shutdown; the ledger holds every settlement,
+#                                 about 30 MB a second of chaos), release build
 #   .ci/long.sh soak [seconds]    the load generator's soak (default 3600 s)
 #                                 at 100 K msgs/s
 #   .ci/long.sh loom [bound]      the loom models with a higher preemption
@@ -34,7 +36,7 @@ fuzz)
     done
     ;;
 chaos)
-    CHAOS_SECS=${2:-600} cargo test --release --test chaos -- --nocapture
+    CHAOS_SECS=${2:-240} cargo test --release --test chaos -- --nocapture
     ;;
 soak)
     cargo run --release --example loadgen -- --scenario soak \

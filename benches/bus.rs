@@ -8,6 +8,8 @@
 //!   the same topic, one worker; throughput in deliveries.
 //! - `inline/{topicbus,hand_rolled}`: publish to an inline subscriber of a
 //!   depth-3 topic (one match), per publish, single thread.
+//! - `metrics_cost/{off,default,every_run}`: `pool_1to1/topicbus` with
+//!   latency sampling off, at the default rate, and on every handler run.
 //!
 //! The hand-rolled bus is what a Rust user writes in an afternoon: an `Arc`
 //! message sent into one bounded crossbeam channel per subscriber, a worker
@@ -34,8 +36,14 @@ const CAPACITY: usize = 1024;
 /// topicbus: `subs` callback subscribers on one topic, one worker;
 /// publishes `iters` messages and returns the time until all were handled.
 fn topicbus_run(subs: usize, iters: u64) -> Duration {
+    topicbus_sampled_run(subs, iters, topicbus::DEFAULT_LATENCY_SAMPLING)
+}
+
+/// [`topicbus_run`] with latency sampling one run in `sampling` (0: off).
+fn topicbus_sampled_run(subs: usize, iters: u64, sampling: u32) -> Duration {
     let bus = Bus::<u64>::builder()
         .workers(1)
+        .latency_sampling(sampling)
         .capacity(CAPACITY)
         .overflow(OverflowPolicy::Block {
             timeout: Duration::from_secs(60),
@@ -151,6 +159,25 @@ fn pool_1to1(c: &mut Criterion) {
     g.finish();
 }
 
+/// What latency metrics cost: the 1 → 1 pool path (the cheapest per
+/// message, so the largest relative cost) with sampling off, at the default
+/// (one run in 16) and on every run, in the same run.
+fn metrics_cost(c: &mut Criterion) {
+    let mut g = c.benchmark_group("metrics_cost");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    for (name, sampling) in [
+        ("off", 0),
+        ("default", topicbus::DEFAULT_LATENCY_SAMPLING),
+        ("every_run", 1),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| topicbus_sampled_run(1, n, sampling))
+        });
+    }
+    g.finish();
+}
+
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     g.sample_size(10);
@@ -223,6 +250,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = pool_1to1, fanout, inline
+    targets = pool_1to1, fanout, inline, metrics_cost
 }
 criterion_main!(benches);

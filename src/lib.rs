@@ -108,6 +108,7 @@ mod mailbox;
 pub mod matcher;
 mod message;
 // Items are `pub` so that `loom-tests` can reach them through `__loom`.
+mod metrics;
 #[allow(unreachable_pub)]
 mod pool;
 pub mod registry;
@@ -128,6 +129,8 @@ pub use crate::message::{
     check_payload_size, HeaderText, Headers, Message, MessageBuilder, MessageId, PayloadSize,
     PayloadTooLarge, Priority, DEFAULT_MAX_PAYLOAD,
 };
+pub use crate::metrics::{Latency, Metrics, DEFAULT_LATENCY_SAMPLING};
+pub use crate::pool::WorkerStates;
 pub use crate::registry::SubscriptionId;
 pub use crate::reliability::{
     BreakerWindow, CircuitBreaker, CircuitState, Classifier, Clock, DeadLetter, DeadLetterId,

@@ -24,8 +24,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crate::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use crate::sync::{thread, Arc, Condvar, Mutex, UnboundedQueue};
+use std::cell::Cell;
+
+use crate::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{thread, Arc, Condvar, Mutex, Padded, UnboundedQueue};
 
 /// A function run first on each worker thread, given the worker's index.
 pub type StartHook = std::sync::Arc<dyn Fn(usize) + Send + Sync>;
@@ -59,6 +61,41 @@ struct Shared {
     /// leaves.
     live: AtomicUsize,
     exited: Condvar,
+    /// What each worker is doing (`RUNNING`, `IDLE`, `PARKED`, `EXITED`),
+    /// each on its own cache lines: a worker writes only its own, and only
+    /// when it changes, so reading them (for metrics) costs the workers
+    /// nothing.
+    states: Box<[Padded<AtomicU8>]>,
+}
+
+/// Worker states, see [`Shared::states`].
+const RUNNING: u8 = 0;
+const IDLE: u8 = 1;
+const PARKED: u8 = 2;
+const EXITED: u8 = 3;
+
+/// How many of a pool's workers are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStates {
+    /// Running a task (a subscription's batch).
+    pub running: usize,
+    /// Out of work, spinning briefly before parking.
+    pub idle: usize,
+    /// Parked until work is scheduled.
+    pub parked: usize,
+    /// Exited (after shutdown).
+    pub exited: usize,
+}
+
+thread_local! {
+    /// This thread's index in its pool, when it is a pool worker.
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The calling thread's index in its pool, when it is a pool worker.
+#[inline]
+pub fn current_worker() -> Option<usize> {
+    WORKER.with(Cell::get)
 }
 
 /// Tells whether a pool's run queue is empty; see [`Pool::probe`].
@@ -112,6 +149,7 @@ impl Pool {
             panics: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             exited: Condvar::new(),
+            states: (0..workers).map(|_| Padded(AtomicU8::new(IDLE))).collect(),
         });
         let pool = Pool {
             shared,
@@ -124,6 +162,7 @@ impl Pool {
             let spawned = thread::Builder::new()
                 .name(format!("topicbus-worker-{n}"))
                 .spawn(move || {
+                    WORKER.with(|w| w.set(Some(n)));
                     if let Some(hook) = on_start {
                         // A panicking hook is counted like a panicking task;
                         // the worker still serves.
@@ -131,7 +170,8 @@ impl Pool {
                             shared.panics.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    work(&shared);
+                    work(&shared, n);
+                    shared.states[n].0.store(EXITED, Ordering::Relaxed);
                     shared.live.fetch_sub(1, Ordering::SeqCst);
                     let _guard = shared.lock.lock();
                     shared.exited.notify_all();
@@ -146,6 +186,21 @@ impl Pool {
             }
         }
         Ok(pool)
+    }
+
+    /// How many workers are running, idle, parked or exited (a snapshot;
+    /// each worker's state is read once).
+    pub fn worker_states(&self) -> WorkerStates {
+        let mut s = WorkerStates::default();
+        for state in self.shared.states.iter() {
+            match state.0.load(Ordering::Relaxed) {
+                RUNNING => s.running += 1,
+                IDLE => s.idle += 1,
+                PARKED => s.parked += 1,
+                _ => s.exited += 1,
+            }
+        }
+        s
     }
 
     /// A handle that tells whether the run queue is empty (for a task that
@@ -236,9 +291,18 @@ fn schedule(shared: &Shared, task: TaskRef) {
 }
 
 /// A worker's loop: run, spin, park; exit once stopping and drained.
-fn work(shared: &Shared) {
+fn work(shared: &Shared, n: usize) {
+    let state = &shared.states[n].0;
+    let mut now = IDLE;
+    let mut set = |to: u8| {
+        if now != to {
+            now = to;
+            state.store(to, Ordering::Relaxed);
+        }
+    };
     loop {
         if let Some(task) = shared.queue.pop() {
+            set(RUNNING);
             match catch_unwind(AssertUnwindSafe(|| task.run())) {
                 Ok(true) => schedule(shared, task),
                 Ok(false) => {}
@@ -248,9 +312,11 @@ fn work(shared: &Shared) {
             }
             continue;
         }
+        set(IDLE);
         if spin_for_work(shared) {
             continue;
         }
+        set(PARKED);
         if !park(shared) {
             return;
         }

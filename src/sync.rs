@@ -343,6 +343,13 @@ pub(crate) fn wait_deadline(deadline: Option<std::time::Instant>) -> std::time::
         .unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(31_536_000))
 }
 
+/// A value on cache lines of its own (128 bytes: two lines, for the
+/// adjacent-line prefetcher), against false sharing between counters or
+/// slots that different threads write.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub(crate) struct Padded<T>(pub(crate) T);
+
 /// Orders a `SeqCst` access before every later `SeqCst` access of this
 /// thread, for loom's sake only.
 ///

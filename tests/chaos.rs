@@ -299,6 +299,7 @@ fn every_message_is_ok_none_lost_duplicated_or_unexpected() {
     let bus = Bus::<u64>::builder()
         .workers(3)
         .dead_letters(1 << 20)
+        .latency_sampling(1)
         .on_outcome(move |m, sub, outcome| l1.settled(m, sub, outcome))
         .on_deliver(move |m, sub| l2.called(m, sub))
         .on_retry(move |m, sub, _attempt, _delay| l3.retry_scheduled(m, sub))
@@ -487,6 +488,11 @@ fn every_message_is_ok_none_lost_duplicated_or_unexpected() {
 
     let stats = bus.stats();
     let t = stats.total;
+    // Every handler call was sampled (sampling 1), on workers and inline.
+    let all_calls: u64 = calls.values().map(|n| u64::from(*n)).sum();
+    let metrics = bus.metrics();
+    assert_eq!(metrics.handler.count(), all_calls, "seed {seed}");
+    assert_eq!(metrics.stats, stats, "seed {seed}");
     let summary = format!(
         "seed {seed}: {} published, {} ok, {} lost, {} duplicated, {} unexpected; {rounds} chaos rounds; {t:?}",
         published.len(),

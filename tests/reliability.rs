@@ -9,25 +9,16 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+mod common;
+use common::{wait_until, LONG};
 use topicbus::{
     BreakerWindow, Bus, BusBuilder, CircuitBreaker, CircuitState, Clock, DeadLetter,
     DeadLetterQuery, DeadLetterReason, Dedup, DropReason, ErrorKind, ManualClock, Message,
     MessageId, Outcome, Pattern, Permanent, ReplayError, RequestError, RetryOrder, RetryPolicy,
     SubscribeOptions, Topic, WhenOpen,
 };
-
-const LONG: Duration = Duration::from_secs(20);
-
-/// Waits (yielding) until `cond` holds; panics after [`LONG`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
-}
 
 /// A one-worker bus on `clock`.
 fn on_clock(clock: &Arc<ManualClock>) -> BusBuilder<u32> {

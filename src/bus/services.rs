@@ -26,6 +26,8 @@ pub(crate) struct Services<T> {
     /// Set when shutdown begins: holds (open breakers) give up instead of
     /// waiting.
     pub(crate) draining: AtomicBool,
+    /// Handler latency, sampled.
+    pub(crate) metrics: crate::metrics::Recorder,
 }
 
 impl<T: 'static> std::fmt::Debug for Services<T> {

@@ -604,7 +604,7 @@ impl BusStats {
 /// it entered and waits until it leaves.
 #[derive(Debug)]
 pub struct Publishes {
-    stripes: Box<[super::sub::Padded<Stripe>]>,
+    stripes: Box<[crate::sync::Padded<Stripe>]>,
 }
 
 #[derive(Debug, Default)]
@@ -662,7 +662,7 @@ impl Publishes {
     pub fn new() -> Self {
         Self {
             stripes: (0..STRIPES)
-                .map(|_| super::sub::Padded(Stripe::default()))
+                .map(|_| crate::sync::Padded(Stripe::default()))
                 .collect(),
         }
     }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::mailbox::lanes::{Lanes, OverflowPolicy, Push};
 use crate::mailbox::state::{AfterRun, OnPush, State};
 use crate::message::{AttemptScope, Message};
+use crate::metrics::{Recorder, Started};
 use crate::pool::{Pool, QueueProbe, Task, TaskRef};
 use crate::registry::SubscriptionId;
 use crate::reliability::timer::Fire;
@@ -31,7 +32,7 @@ use crate::reliability::{
     Admit, Breaker, Change, DeadLetterReason, ErrorKind, Failure, RetryOrder, RetryPolicy, WhenOpen,
 };
 use crate::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex, Padded};
 
 use super::filter::{Gate, Screen};
 use super::services::Services;
@@ -91,12 +92,6 @@ impl Drop for RunningGuard {
         RUNNING_BUS.with(|c| c.set(self.bus));
     }
 }
-
-/// Padding against false sharing between publisher-side and worker-side
-/// counters.
-#[repr(align(128))]
-#[derive(Debug, Default)]
-pub(crate) struct Padded<T>(pub(crate) T);
 
 /// Per-subscription counters.
 #[derive(Debug, Default)]
@@ -671,11 +666,35 @@ impl<T: Send + Sync + 'static> Sub<T> {
         }
         let _attempt =
             (attempt != msg.first_attempt()).then(|| AttemptScope::enter(&**msg, attempt));
-        match catch_unwind(AssertUnwindSafe(|| handler(msg))) {
+        let sampled = self.services.metrics.sample().then(|| self.sample_start());
+        let ran = match catch_unwind(AssertUnwindSafe(|| handler(msg))) {
             Ok(Ok(())) => Ran::Ok,
             Ok(Err(e)) => Ran::Failed(e),
             Err(p) => Ran::Panicked(p),
+        };
+        if let Some(started) = sampled {
+            self.sample_end(msg, started);
         }
+        ran
+    }
+
+    /// Starts a sampled handler run (latency metrics).
+    #[cold]
+    #[inline(never)]
+    fn sample_start(&self) -> Started {
+        Recorder::start(self.services.now(), self.services.wall())
+    }
+
+    /// Records a sampled handler run (latency metrics).
+    #[cold]
+    #[inline(never)]
+    fn sample_end(&self, msg: &Message<T>, started: Started) {
+        self.services.metrics.record(
+            msg.timestamp(),
+            started,
+            self.services.now(),
+            self.services.wall(),
+        );
     }
 
     /// The failure a run ended in (`None`: it succeeded), classified by

@@ -1,0 +1,181 @@
+//! `Bus::metrics`: latency histograms against a known distribution on a
+//! manual clock, exact sampling, worker states.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod common;
+use common::{wait_until, LONG};
+use topicbus::{Bus, ManualClock, Message, SubscribeOptions};
+
+/// At least `want`, to the histograms' 3 significant digits.
+fn at_least(got: Duration, want: Duration) -> bool {
+    got.as_nanos() as f64 >= want.as_nanos() as f64 * 0.999
+}
+
+/// Within the histograms' 3 significant digits (0.1 %).
+fn close(got: Duration, want: Duration) -> bool {
+    let (g, w) = (got.as_nanos() as f64, want.as_nanos() as f64);
+    (g - w).abs() <= w * 0.001 + 1.0
+}
+
+#[test]
+fn handler_delays_of_a_known_distribution_come_out_with_the_right_percentiles() {
+    let clock = ManualClock::shared();
+    let bus = Bus::<u64>::builder()
+        .workers(1)
+        .clock(clock.clone())
+        .latency_sampling(1)
+        .build()
+        .unwrap();
+    // Each handler run takes `payload` milliseconds of the manual clock.
+    let c = Arc::clone(&clock);
+    let sub = bus
+        .subscribe_with(
+            SubscribeOptions::new()
+                .pattern("work")
+                .capacity(1_000)
+                .paused(true),
+            move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())),
+        )
+        .unwrap();
+    // 1..=1000 ms (7,919 is prime to 1,000), published in a scrambled order
+    // while paused; then ten
+    // seconds pass before the first run.
+    for i in 0..1_000u64 {
+        bus.publish("work", 1 + (i * 7_919) % 1_000).unwrap();
+    }
+    clock.advance(Duration::from_secs(10));
+    sub.resume();
+    wait_until("every run", || bus.stats().total.handled == 1_000);
+    let m = bus.metrics();
+
+    assert_eq!(m.sampling, 1);
+    assert_eq!(m.handler.count(), 1_000);
+    let ms = Duration::from_millis;
+    for (q, got, want) in [
+        (0.5, m.handler.p50(), ms(500)),
+        (0.95, m.handler.p95(), ms(950)),
+        (0.99, m.handler.p99(), ms(990)),
+        (0.999, m.handler.p999(), ms(999)),
+        (1.0, m.handler.max(), ms(1_000)),
+        (0.0, m.handler.min(), ms(1)),
+    ] {
+        assert!(close(got, want), "q{q}: {got:?}, want {want:?}");
+    }
+    assert!(close(m.handler.mean(), Duration::from_micros(500_500)));
+    assert_eq!(m.handler.count_at_most(ms(100)), 100);
+    // Runs are in publish order: message k waits the ten seconds plus the
+    // runs before it; the last one waits for all but itself.
+    let delays: Vec<u64> = (0..1_000u64).map(|i| 1 + (i * 7_919) % 1_000).collect();
+    let all: u64 = delays.iter().sum();
+    assert!(at_least(m.queue_wait.min(), Duration::from_secs(10)));
+    assert!(close(
+        m.queue_wait.max(),
+        Duration::from_secs(10) + ms(all - delays[999])
+    ));
+    assert!(at_least(
+        m.end_to_end.min(),
+        Duration::from_secs(10) + ms(1)
+    ));
+    assert!(close(
+        m.end_to_end.max(),
+        Duration::from_secs(10) + ms((1..=1_000).sum::<u64>())
+    ));
+}
+
+#[test]
+fn one_run_in_n_is_sampled_and_zero_turns_it_off() {
+    for (every, want) in [(4u32, 250u64), (1, 1_000), (0, 0)] {
+        let bus = Bus::<u32>::builder()
+            .workers(1)
+            .latency_sampling(every)
+            .build()
+            .unwrap();
+        let _s = bus
+            .subscribe_with(
+                SubscribeOptions::new().pattern("t").capacity(1_000),
+                |_m: &Message<u32>| (),
+            )
+            .unwrap();
+        for i in 0..1_000 {
+            bus.publish("t", i).unwrap();
+        }
+        bus.shutdown(LONG).unwrap();
+        let m = bus.metrics();
+        assert_eq!(m.stats.total.handled, 1_000);
+        assert_eq!(
+            (m.sampling, m.handler.count()),
+            (every, want),
+            "every {every}"
+        );
+        assert_eq!(m.queue_wait.count(), want);
+        assert_eq!(m.end_to_end.count(), want);
+    }
+}
+
+#[test]
+fn inline_handlers_are_sampled_too() {
+    let bus = Bus::<u32>::builder()
+        .workers(1)
+        .latency_sampling(1)
+        .build()
+        .unwrap();
+    let _s = bus
+        .subscribe_with(
+            SubscribeOptions::new().pattern("t").inline(true),
+            |_m: &Message<u32>| (),
+        )
+        .unwrap();
+    for i in 0..10 {
+        bus.publish("t", i).unwrap();
+    }
+    assert_eq!(bus.metrics().handler.count(), 10);
+}
+
+#[test]
+fn worker_states_show_running_parked_and_exited_workers() {
+    let bus = Bus::<u32>::builder().workers(2).build().unwrap();
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    let _s = bus
+        .subscribe("block", move |_m: &Message<u32>| {
+            entered_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        })
+        .unwrap();
+    bus.publish("block", 1).unwrap();
+    entered.recv_timeout(LONG).unwrap();
+    // One worker is in the handler; the other runs out of work and parks.
+    wait_until("one running, one parked", || {
+        let w = bus.metrics().workers;
+        (w.running, w.parked) == (1, 1)
+    });
+    release.send(()).unwrap();
+    bus.shutdown(LONG).unwrap();
+    let w = bus.metrics().workers;
+    assert_eq!((w.running, w.idle, w.parked, w.exited), (0, 0, 0, 2));
+}
+
+#[test]
+fn the_snapshot_carries_the_same_counters_as_stats() {
+    let bus = Bus::<u32>::builder().workers(2).build().unwrap();
+    let _s = bus
+        .subscribe("a.#", |m: &Message<u32>| {
+            if m.payload() % 3 == 0 {
+                Err("every third fails")
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+    for i in 0..300 {
+        bus.publish("a.b", i).unwrap();
+    }
+    bus.shutdown(LONG).unwrap();
+    let m = bus.metrics();
+    assert_eq!(m.stats, bus.stats());
+    assert_eq!((m.stats.total.handled, m.stats.total.failed), (200, 100));
+}
