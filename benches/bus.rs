@@ -8,8 +8,9 @@
 //!   the same topic, one worker; throughput in deliveries.
 //! - `inline/{topicbus,hand_rolled}`: publish to an inline subscriber of a
 //!   depth-3 topic (one match), per publish, single thread.
-//! - `metrics_cost/{off,default,every_run}`: `pool_1to1/topicbus` with
-//!   latency sampling off, at the default rate, and on every handler run.
+//! - `metrics_cost/{pool,inline}/{off,default,every_run}`: `pool_1to1` and
+//!   `inline` for topicbus with latency sampling off, at the default rate,
+//!   and on every handler run.
 //!
 //! The hand-rolled bus is what a Rust user writes in an afternoon: an `Arc`
 //! message sent into one bounded crossbeam channel per subscriber, a worker
@@ -166,13 +167,40 @@ fn metrics_cost(c: &mut Criterion) {
     let mut g = c.benchmark_group("metrics_cost");
     g.throughput(Throughput::Elements(1));
     g.sample_size(20);
-    for (name, sampling) in [
+    let settings = [
         ("off", 0),
         ("default", topicbus::DEFAULT_LATENCY_SAMPLING),
         ("every_run", 1),
-    ] {
-        g.bench_function(name, |b| {
+    ];
+    for (name, sampling) in settings {
+        g.bench_function(BenchmarkId::new("pool", name), |b| {
             b.iter_custom(|n| topicbus_sampled_run(1, n, sampling))
+        });
+    }
+    // The inline path: no scheduling, so the steadiest view of the cost.
+    for (name, sampling) in settings {
+        let bus = Bus::<u64>::builder()
+            .workers(1)
+            .latency_sampling(sampling)
+            .build()
+            .expect("bus");
+        let _s = bus
+            .subscribe_with(
+                SubscribeOptions::new()
+                    .pattern("orders.eu.created")
+                    .inline(true),
+                |m: &Message<u64>| {
+                    black_box(m.payload());
+                },
+            )
+            .expect("subscribe");
+        let topic = Topic::parse("orders.eu.created").expect("topic");
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::new("inline", name), |b| {
+            b.iter(|| {
+                i += 1;
+                bus.publish(&topic, i).expect("publish")
+            })
         });
     }
     g.finish();

@@ -261,9 +261,10 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     /// [`Bus::metrics`] (default
     /// [`DEFAULT_LATENCY_SAMPLING`](crate::DEFAULT_LATENCY_SAMPLING); 1:
     /// every run; 0: off, and no histogram memory is taken). A sampled run
-    /// reads the bus's clock four times (≈ 25 ns each on the system clock)
-    /// and records into its worker's own histograms; the others cost a
-    /// thread-local countdown.
+    /// reads the bus's clock three times (≈ 25 ns each on the system clock)
+    /// and records into its worker's own histograms, ≈ 150 ns in all; the
+    /// others cost a thread-local countdown. At the default that is ≈ 2 ns
+    /// a handler run, about 1 % of the cheapest publish.
     ///
     /// # Examples
     ///

@@ -689,12 +689,9 @@ impl<T: Send + Sync + 'static> Sub<T> {
     #[cold]
     #[inline(never)]
     fn sample_end(&self, msg: &Message<T>, started: Started) {
-        self.services.metrics.record(
-            msg.timestamp(),
-            started,
-            self.services.now(),
-            self.services.wall(),
-        );
+        self.services
+            .metrics
+            .record(msg.timestamp(), started, self.services.now());
     }
 
     /// The failure a run ended in (`None`: it succeeded), classified by
