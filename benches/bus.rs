@@ -27,10 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use counter::wait_for;
+use counter::{inline_sink, wait_for};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_channel::{bounded, Receiver, Select, Sender};
-use topicbus::{Bus, Message, OverflowPolicy, SubscribeOptions, Topic};
+use topicbus::{Bus, Message, OverflowPolicy, Topic};
 
 const CAPACITY: usize = 1024;
 
@@ -184,16 +184,7 @@ fn metrics_cost(c: &mut Criterion) {
             .latency_sampling(sampling)
             .build()
             .expect("bus");
-        let _s = bus
-            .subscribe_with(
-                SubscribeOptions::new()
-                    .pattern("orders.eu.created")
-                    .inline(true),
-                |m: &Message<u64>| {
-                    black_box(m.payload());
-                },
-            )
-            .expect("subscribe");
+        let _s = inline_sink(&bus, |o| o);
         let topic = Topic::parse("orders.eu.created").expect("topic");
         let mut i = 0u64;
         g.bench_function(BenchmarkId::new("inline", name), |b| {
@@ -226,16 +217,7 @@ fn inline(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
 
     let bus = Bus::<u64>::builder().workers(1).build().expect("bus");
-    let _s = bus
-        .subscribe_with(
-            SubscribeOptions::new()
-                .pattern("orders.eu.created")
-                .inline(true),
-            |m: &Message<u64>| {
-                black_box(m.payload());
-            },
-        )
-        .expect("subscribe");
+    let _s = inline_sink(&bus, |o| o);
     let topic = Topic::parse("orders.eu.created").expect("topic");
     let mut i = 0u64;
     g.bench_function("topicbus", |b| {

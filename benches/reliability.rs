@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use counter::wait_for;
+use counter::{inline_sink, wait_for};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use topicbus::{
     Bus, CircuitBreaker, DeadLetterQuery, Dedup, ErrorKind, ManualClock, Message, OverflowPolicy,
@@ -65,18 +65,7 @@ fn publish_options(c: &mut Criterion) {
             });
         }
         let bus = builder.build().expect("bus");
-        let _s = bus
-            .subscribe_with(
-                options(
-                    SubscribeOptions::new()
-                        .pattern("orders.eu.created")
-                        .inline(true),
-                ),
-                |m: &Message<u64>| {
-                    black_box(m.payload());
-                },
-            )
-            .expect("subscribe");
+        let _s = inline_sink(&bus, options);
         let t = topic();
         let mut i = 0u64;
         g.bench_function(name, |b| {

@@ -9,3 +9,19 @@ pub(crate) fn wait_for(counter: &AtomicU64, target: u64) {
         std::thread::yield_now();
     }
 }
+
+/// The inline benchmarks' subscriber: `options` (an inline subscription to
+/// `orders.eu.created`, adjusted by the caller) with a handler that only
+/// reads the payload.
+pub(crate) fn inline_sink(
+    bus: &topicbus::Bus<u64>,
+    options: impl FnOnce(topicbus::SubscribeOptions) -> topicbus::SubscribeOptions,
+) -> topicbus::Subscription {
+    let base = topicbus::SubscribeOptions::new()
+        .pattern("orders.eu.created")
+        .inline(true);
+    bus.subscribe_with(options(base), |m: &topicbus::Message<u64>| {
+        std::hint::black_box(m.payload());
+    })
+    .expect("subscribe")
+}
