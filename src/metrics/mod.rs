@@ -18,6 +18,9 @@ use hdrhistogram::Histogram;
 
 use crate::sync::{Mutex, Padded};
 
+#[cfg(feature = "prometheus")]
+mod prometheus;
+
 /// The longest latency recorded as itself; longer ones count as this.
 const MAX_NS: u64 = 3_600_000_000_000;
 /// Significant decimal digits: values are kept within 0.1 %.
