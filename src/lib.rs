@@ -119,10 +119,11 @@ mod topic;
 pub use crate::bus::{
     BatchError, BatchReceipt, BoxError, BuildError, Bus, BusBuilder, BusStats, Confirmation,
     Counts, DeadLettered, DeadLetters, DelayedStats, Delivery, DropReason, Drops, GroupStrategy,
-    HandlerResult, IntoTopic, Outcome, PatternArg, PublishError, Receipt, Receiver, RecvError,
-    RecvTimeoutError, ReplayError, ReplaySummary, Replier, RequestError, ShutdownError,
-    ShutdownReport, SubStats, SubscribeError, SubscribeOptions, Subscription, TryRecvError,
-    WeakBus, DEFAULT_BATCH, DEFAULT_CAPACITY, DEFAULT_DROP_TIMEOUT,
+    HandlerResult, Health, HealthCheck, HealthIssue, HealthStatus, HealthThresholds, IntoTopic,
+    Outcome, PatternArg, PublishError, Receipt, Receiver, RecvError, RecvTimeoutError, ReplayError,
+    ReplaySummary, Replier, RequestError, ShutdownError, ShutdownReport, SubStats, SubscribeError,
+    SubscribeOptions, Subscription, TryRecvError, WeakBus, DEFAULT_BATCH, DEFAULT_CAPACITY,
+    DEFAULT_DROP_TIMEOUT,
 };
 pub use crate::mailbox::lanes::OverflowPolicy;
 pub use crate::message::{

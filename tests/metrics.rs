@@ -143,7 +143,9 @@ fn worker_states_show_running_parked_and_exited_workers() {
     let _s = bus
         .subscribe("block", move |_m: &Message<u32>| {
             entered_tx.lock().unwrap().send(()).unwrap();
-            release_rx.lock().unwrap().recv().unwrap();
+            // Bounded, so a failing test ends instead of hanging on the
+            // unsubscribe that waits for this call.
+            let _ = release_rx.lock().unwrap().recv_timeout(LONG);
         })
         .unwrap();
     bus.publish("block", 1).unwrap();

@@ -12,18 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod common;
-use common::{wait_until, LONG};
+use common::{on_clock, wait_until, LONG};
 use topicbus::{
-    BreakerWindow, Bus, BusBuilder, CircuitBreaker, CircuitState, Clock, DeadLetter,
-    DeadLetterQuery, DeadLetterReason, Dedup, DropReason, ErrorKind, ManualClock, Message,
-    MessageId, Outcome, Pattern, Permanent, ReplayError, RequestError, RetryOrder, RetryPolicy,
-    SubscribeOptions, Topic, WhenOpen,
+    BreakerWindow, Bus, CircuitBreaker, CircuitState, Clock, DeadLetter, DeadLetterQuery,
+    DeadLetterReason, Dedup, DropReason, ErrorKind, ManualClock, Message, MessageId, Outcome,
+    Pattern, Permanent, ReplayError, RequestError, RetryOrder, RetryPolicy, SubscribeOptions,
+    Topic, WhenOpen,
 };
-
-/// A one-worker bus on `clock`.
-fn on_clock(clock: &Arc<ManualClock>) -> BusBuilder<u32> {
-    Bus::<u32>::builder().workers(1).clock(clock.clone())
-}
 
 fn topic(s: &str) -> Topic {
     Topic::parse(s).expect("topic")

@@ -31,6 +31,7 @@ mod confirm;
 mod dead_letters;
 mod error;
 mod filter;
+mod health;
 mod hooks;
 mod options;
 mod receiver;
@@ -70,6 +71,7 @@ pub use error::{
     BuildError, PublishError, RecvError, RecvTimeoutError, ShutdownError, SubscribeError,
     TryRecvError,
 };
+pub use health::{Health, HealthCheck, HealthIssue, HealthStatus, HealthThresholds};
 pub use options::{GroupStrategy, IntoTopic, PatternArg, SubscribeOptions, Subscription};
 pub use receiver::Receiver;
 pub use request::{Replier, RequestError};
@@ -531,6 +533,7 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
             publishes: Publishes::new(),
             delayed: Delayed::default(),
             inbox: Mutex::new(None),
+            checks: Mutex::new(Vec::new()),
             groups: Mutex::new(HashMap::new()),
             books: Mutex::new(Books::default()),
             report: Mutex::new(None),
@@ -660,6 +663,8 @@ pub(crate) struct Inner<T> {
     delayed: Delayed,
     /// The request-reply inbox, made by the first request.
     inbox: Mutex<Option<Arc<request::Inbox<T>>>>,
+    /// Health checks of what the bus depends on (adapters).
+    checks: health::Checks,
     groups: Mutex<HashMap<String, Weak<Group>>>,
     /// Counters of unsubscribed subscriptions; see [`Books`].
     books: Mutex<Books>,
@@ -1265,6 +1270,112 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// [`ShutdownError::InHandler`] when called from a handler of this bus.
     pub fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ShutdownError> {
         self.inner().shutdown(timeout)
+    }
+    /// The bus's health with the default thresholds; see
+    /// [`health_with`](Self::health_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, HealthStatus};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// assert_eq!(bus.health().status, HealthStatus::Healthy);
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.health();
+    /// assert_eq!(h.status, HealthStatus::Unhealthy);
+    /// assert_eq!(h.issues[0].component, "bus");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn health(&self) -> Health {
+        self.health_with(&HealthThresholds::default())
+    }
+
+    /// The bus's health: unhealthy once shut down or when a worker thread
+    /// is gone; degraded for each lane filled past
+    /// [`mailbox_fill`](HealthThresholds::mailbox_fill), each circuit
+    /// breaker not closed, and a timer more than
+    /// [`timer_lag`](HealthThresholds::timer_lag) behind; plus whatever the
+    /// registered [`HealthCheck`]s report. Cheap enough for a readiness
+    /// probe: it reads counters and depths, locks nothing on the publish
+    /// path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, HealthStatus, HealthThresholds, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let s = bus.subscribe_with(
+    ///     SubscribeOptions::new().pattern("jobs").capacity(4).paused(true),
+    ///     |_m: &Message<u32>| (),
+    /// )?;
+    /// for i in 0..4 {
+    ///     bus.publish("jobs", i)?;
+    /// }
+    /// let h = bus.health_with(&HealthThresholds::default().mailbox_fill(0.75));
+    /// assert_eq!(h.status, HealthStatus::Degraded);
+    /// assert_eq!(h.issues[0].component, s.id().to_string());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn health_with(&self, thresholds: &HealthThresholds) -> Health {
+        let inner = self.inner();
+        let services = &inner.services;
+        let mut issues = Vec::new();
+        if !self.is_open() {
+            issues.push(HealthIssue::new(
+                HealthStatus::Unhealthy,
+                "bus",
+                "shut down: no longer accepts messages",
+            ));
+        } else {
+            let w = services.pool.worker_states();
+            if w.exited > 0 {
+                let all = w.running + w.idle + w.parked + w.exited;
+                issues.push(HealthIssue::new(
+                    HealthStatus::Unhealthy,
+                    "workers",
+                    format!("{} of {all} worker threads exited", w.exited),
+                ));
+            }
+        }
+        let lag = services.timer.lag();
+        if lag > thresholds.timer_lag {
+            issues.push(HealthIssue::new(
+                HealthStatus::Degraded,
+                "timer",
+                format!("{lag:?} behind its most overdue job"),
+            ));
+        }
+        let snapshot = inner.registry.load();
+        for sub in snapshot.entries().map(|e| e.value()) {
+            sub.health(thresholds, &mut issues);
+        }
+        let checks: Vec<Arc<dyn HealthCheck>> = inner.checks.lock().clone();
+        issues.extend(checks.iter().filter_map(|c| c.check()));
+        Health::from_issues(issues)
+    }
+
+    /// Adds a check that every [`health`](Self::health) consults (the
+    /// adapters register theirs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use topicbus::{Bus, HealthCheck, HealthIssue, HealthStatus};
+    /// struct Fine;
+    /// impl HealthCheck for Fine {
+    ///     fn check(&self) -> Option<HealthIssue> {
+    ///         None
+    ///     }
+    /// }
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// bus.add_health_check(Arc::new(Fine));
+    /// assert_eq!(bus.health().status, HealthStatus::Healthy);
+    /// # Ok::<(), topicbus::BuildError>(())
+    /// ```
+    pub fn add_health_check(&self, check: Arc<dyn HealthCheck>) {
+        self.inner().checks.lock().push(check);
     }
 
     /// True until shutdown begins.

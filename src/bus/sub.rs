@@ -278,6 +278,8 @@ pub(crate) struct Sub<T> {
     pub(crate) kind: Kind<T>,
     pub(crate) group: Option<Arc<Group>>,
     pub(crate) batch: usize,
+    /// Messages each lane holds.
+    pub(crate) capacity: usize,
     pub(crate) paused: AtomicBool,
     /// Set (before the runner states close) by unsubscribe and shutdown.
     pub(crate) closed: AtomicBool,
@@ -390,6 +392,7 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 kind,
                 group: spec.group,
                 batch: spec.batch.max(1),
+                capacity: spec.capacity.get(),
                 paused: AtomicBool::new(spec.paused),
                 closed: AtomicBool::new(false),
                 ended: AtomicBool::new(false),
@@ -1196,6 +1199,36 @@ impl<T: Send + Sync + 'static> Sub<T> {
     /// Messages waiting in the lanes, all priorities.
     pub(crate) fn depth(&self) -> usize {
         self.lanes.depths().iter().sum()
+    }
+
+    /// This subscription's part of [`Bus::health`](crate::Bus::health):
+    /// lanes filled past the threshold, a breaker not closed.
+    pub(crate) fn health(
+        &self,
+        thresholds: &super::HealthThresholds,
+        issues: &mut Vec<super::HealthIssue>,
+    ) {
+        use super::{HealthIssue, HealthStatus};
+        let limit = thresholds.mailbox_fill * self.capacity as f64;
+        for (lane, depth) in ["high", "normal", "low"].iter().zip(self.lanes.depths()) {
+            if depth > 0 && depth as f64 >= limit {
+                issues.push(HealthIssue::new(
+                    HealthStatus::Degraded,
+                    self.id.to_string(),
+                    format!("{lane} lane {depth} of {} full", self.capacity),
+                ));
+            }
+        }
+        let circuit = self.rel.as_ref().and_then(|r| r.breaker.as_ref());
+        if let Some(state) = circuit.map(|b| b.lock().state()) {
+            if state != crate::reliability::CircuitState::Closed {
+                issues.push(HealthIssue::new(
+                    HealthStatus::Degraded,
+                    self.id.to_string(),
+                    format!("circuit breaker {state:?}"),
+                ));
+            }
+        }
     }
 
     pub(crate) fn stats(&self) -> SubStats {

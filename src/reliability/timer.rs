@@ -203,6 +203,26 @@ impl Timer {
         }
     }
 
+    /// How late the most overdue waiting job is (zero when none is due):
+    /// a timer thread that falls behind shows here.
+    pub fn lag(&self) -> Duration {
+        let now = self.shared.clock.now();
+        let st = self.shared.state.lock();
+        // The heap's top is the earliest; only when it was cancelled does
+        // the earliest live job need a scan.
+        let earliest = match st.heap.peek() {
+            Some(e) if st.live.contains(&e.seq) => Some(e.at),
+            Some(_) => st
+                .heap
+                .iter()
+                .filter(|e| st.live.contains(&e.seq))
+                .map(|e| e.at)
+                .min(),
+            None => None,
+        };
+        earliest.map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
+    }
+
     /// Jobs waiting.
     pub fn pending(&self) -> usize {
         self.shared.state.lock().live.len()

@@ -14,3 +14,11 @@ pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::yield_now();
     }
 }
+
+/// A one-worker bus builder on `clock` (not every test file uses it).
+#[allow(dead_code)]
+pub(crate) fn on_clock(clock: &std::sync::Arc<topicbus::ManualClock>) -> topicbus::BusBuilder<u32> {
+    topicbus::Bus::<u32>::builder()
+        .workers(1)
+        .clock(clock.clone())
+}
