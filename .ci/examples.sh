@@ -10,3 +10,4 @@ cargo run --release --example shutdown
 cargo run --release --example error_handling
 cargo run --release --example request_reply
 cargo run --release --example order_processing
+cargo run --release --example metrics --features prometheus
