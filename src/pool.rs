@@ -74,7 +74,21 @@ const IDLE: u8 = 1;
 const PARKED: u8 = 2;
 const EXITED: u8 = 3;
 
-/// How many of a pool's workers are in each state.
+/// How many of a bus's worker threads are in each state (see
+/// [`Metrics::workers`](crate::Metrics::workers)).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::Bus;
+/// let bus = Bus::<u32>::builder().workers(3).build()?;
+/// let w = bus.metrics().workers;
+/// assert_eq!(w.running + w.idle + w.parked + w.exited, 3);
+/// bus.shutdown(Duration::from_secs(10))?;
+/// assert_eq!(bus.metrics().workers.exited, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerStates {
     /// Running a task (a subscription's batch).

@@ -1542,6 +1542,15 @@ impl<T: Send + Sync + 'static> Inner<T> {
         snapshot: &crate::registry::Snapshot<Arc<Sub<T>>>,
         msg: &Arc<Message<T>>,
     ) -> Receipt {
+        #[cfg(feature = "tracing")]
+        let _span = tracing::level_enabled!(tracing::Level::DEBUG).then(|| {
+            tracing::debug_span!(
+                "topicbus.publish",
+                message_id = %msg.id(),
+                topic = %msg.topic(),
+            )
+            .entered()
+        });
         let mut receipt = Receipt::new(msg.id());
         let mut grouped: SmallVec<[&Arc<Sub<T>>; 8]> = SmallVec::new();
         snapshot.for_each_match(msg.topic(), |entry| {

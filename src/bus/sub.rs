@@ -430,6 +430,10 @@ impl<T: Send + Sync + 'static> Sub<T> {
         if self.outcome_hook {
             self.outcome_hook(msg, outcome);
         }
+        #[cfg(feature = "tracing")]
+        if !outcome.is_success() {
+            trace_outcome(self.id, msg, outcome);
+        }
         if let Some(tracker) = &msg.tracker {
             tracker.report(self.id, outcome, detail());
         }
@@ -669,6 +673,11 @@ impl<T: Send + Sync + 'static> Sub<T> {
         }
         let _attempt =
             (attempt != msg.first_attempt()).then(|| AttemptScope::enter(&**msg, attempt));
+        // The level check first: with no subscriber (or one above debug)
+        // this is one relaxed load, and no span is built.
+        #[cfg(feature = "tracing")]
+        let _span = tracing::level_enabled!(tracing::Level::DEBUG)
+            .then(|| self.handler_span(msg, attempt).entered());
         let sampled = self.services.metrics.sample().then(|| self.sample_start());
         let ran = match catch_unwind(AssertUnwindSafe(|| handler(msg))) {
             Ok(Ok(())) => Ran::Ok,
@@ -679,6 +688,28 @@ impl<T: Send + Sync + 'static> Sub<T> {
             self.sample_end(msg, started);
         }
         ran
+    }
+
+    /// The span of one handler run: message, topic, subscription,
+    /// correlation and causation (when set), attempt.
+    #[cfg(feature = "tracing")]
+    fn handler_span(&self, msg: &Message<T>, attempt: u32) -> tracing::Span {
+        let span = tracing::debug_span!(
+            "topicbus.handle",
+            message_id = %msg.id(),
+            topic = %msg.topic(),
+            subscription = %self.id,
+            attempt,
+            correlation_id = tracing::field::Empty,
+            causation_id = tracing::field::Empty,
+        );
+        if let Some(c) = msg.correlation_id() {
+            span.record("correlation_id", tracing::field::display(c));
+        }
+        if let Some(c) = msg.causation_id() {
+            span.record("causation_id", tracing::field::display(c));
+        }
+        span
     }
 
     /// Starts a sampled handler run (latency metrics).
@@ -779,6 +810,15 @@ impl<T: Send + Sync + 'static> Sub<T> {
         self.services.timer.schedule_in(
             delay,
             Box::new(move |fire| sub.retry_fired(next, strict, fire)),
+        );
+        #[cfg(feature = "tracing")]
+        tracing::debug!(
+            target: "topicbus",
+            message_id = %msg.id(),
+            subscription = %self.id,
+            attempt,
+            delay_ms = delay.as_secs_f64() * 1e3,
+            "retry scheduled"
         );
         self.services
             .hooks(|h| h.call(&h.on_retry, |f| f(&msg, self.id, attempt, delay)));
@@ -899,6 +939,14 @@ impl<T: Send + Sync + 'static> Sub<T> {
     }
 
     fn circuit_changed(&self, (from, to): Change) {
+        #[cfg(feature = "tracing")]
+        tracing::info!(
+            target: "topicbus",
+            subscription = %self.id,
+            from = ?from,
+            to = ?to,
+            "circuit breaker changed"
+        );
         self.services
             .hooks(|h| h.call(&h.on_circuit_change, |f| f(self.id, from, to)));
     }
@@ -1286,5 +1334,45 @@ impl<T: Send + Sync + 'static> Task for Runner<T> {
                 false
             }
         }
+    }
+}
+
+/// The `tracing` event of a terminal outcome that is not a success: drops
+/// and expiries at debug, failures, panics and dead letters at warn.
+#[cfg(feature = "tracing")]
+#[cold]
+fn trace_outcome<T>(sub: crate::registry::SubscriptionId, msg: &Message<T>, outcome: Outcome) {
+    match outcome {
+        Outcome::Dropped(reason) => tracing::debug!(
+            target: "topicbus",
+            message_id = %msg.id(),
+            topic = %msg.topic(),
+            subscription = %sub,
+            reason = ?reason,
+            "message dropped"
+        ),
+        Outcome::Expired => tracing::debug!(
+            target: "topicbus",
+            message_id = %msg.id(),
+            topic = %msg.topic(),
+            subscription = %sub,
+            "message expired"
+        ),
+        Outcome::DeadLettered(reason) => tracing::warn!(
+            target: "topicbus",
+            message_id = %msg.id(),
+            topic = %msg.topic(),
+            subscription = %sub,
+            reason = ?reason,
+            "message dead-lettered"
+        ),
+        other => tracing::warn!(
+            target: "topicbus",
+            message_id = %msg.id(),
+            topic = %msg.topic(),
+            subscription = %sub,
+            outcome = ?other,
+            "handler failed"
+        ),
     }
 }

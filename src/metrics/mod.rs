@@ -26,8 +26,18 @@ const MAX_NS: u64 = 3_600_000_000_000;
 /// Significant decimal digits: values are kept within 0.1 %.
 const SIGFIG: u8 = 3;
 
-/// Handler runs sampled, one in `every` (see
-/// [`BusBuilder::latency_sampling`](crate::BusBuilder::latency_sampling)).
+/// The default of
+/// [`BusBuilder::latency_sampling`](crate::BusBuilder::latency_sampling): one
+/// handler run in 64 is sampled for the latency histograms.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, DEFAULT_LATENCY_SAMPLING};
+/// let bus = Bus::<u32>::builder().build()?;
+/// assert_eq!(bus.metrics().sampling, DEFAULT_LATENCY_SAMPLING);
+/// # Ok::<(), topicbus::BuildError>(())
+/// ```
 pub const DEFAULT_LATENCY_SAMPLING: u32 = 64;
 
 thread_local! {
