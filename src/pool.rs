@@ -101,6 +101,19 @@ pub struct WorkerStates {
     pub exited: usize,
 }
 
+impl WorkerStates {
+    /// Each state's name (as exporters label it) and count.
+    #[cfg(any(feature = "prometheus", feature = "metrics"))]
+    pub(crate) fn named(&self) -> [(&'static str, usize); 4] {
+        [
+            ("running", self.running),
+            ("idle", self.idle),
+            ("parked", self.parked),
+            ("exited", self.exited),
+        ]
+    }
+}
+
 thread_local! {
     /// This thread's index in its pool, when it is a pool worker.
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };

@@ -18,6 +18,8 @@ use hdrhistogram::Histogram;
 
 use crate::sync::{Mutex, Padded};
 
+#[cfg(feature = "metrics")]
+mod facade;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 
@@ -306,4 +308,43 @@ pub struct Metrics {
     pub end_to_end: Latency,
     /// One handler run in this many is sampled (0: latency not recorded).
     pub sampling: u32,
+}
+
+/// Every terminal-outcome counter of `c` as (outcome, reason, count), the
+/// reason set for drops and dead letters: the series both exporters write.
+#[cfg(any(feature = "prometheus", feature = "metrics"))]
+pub(crate) fn outcome_series(
+    c: &crate::Counts,
+) -> impl Iterator<Item = (&'static str, Option<&'static str>, u64)> {
+    let (d, l) = (&c.dropped, &c.dead_lettered);
+    let plain = [
+        ("handled", c.handled),
+        ("received", c.received),
+        ("failed", c.failed),
+        ("panicked", c.panicked),
+        ("expired", c.expired),
+    ]
+    .map(|(o, n)| (o, None, n));
+    let dropped = [
+        ("newest", d.newest),
+        ("oldest", d.oldest),
+        ("rejected", d.rejected),
+        ("timeout", d.timeout),
+        ("paused", d.paused),
+        ("unsubscribed", d.unsubscribed),
+        ("shutdown", d.shutdown),
+        ("circuit_open", d.circuit_open),
+    ]
+    .map(|(r, n)| ("dropped", Some(r), n));
+    let dead = [
+        ("retries_exhausted", l.retries_exhausted),
+        ("permanent", l.permanent),
+        ("panicked", l.panicked),
+        ("expired", l.expired),
+        ("shutdown", l.shutdown),
+        ("overflow", l.overflow),
+        ("circuit_open", l.circuit_open),
+    ]
+    .map(|(r, n)| ("dead_lettered", Some(r), n));
+    plain.into_iter().chain(dropped).chain(dead)
 }

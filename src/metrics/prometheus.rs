@@ -56,42 +56,13 @@ impl Out {
     /// The outcome counters of `c`, labelled `outcome` (and `reason`), with
     /// `extra` labels first.
     fn outcomes(&mut self, name: &str, extra: &[(&str, &str)], c: &Counts) {
-        let plain = [
-            ("handled", c.handled),
-            ("received", c.received),
-            ("failed", c.failed),
-            ("panicked", c.panicked),
-            ("expired", c.expired),
-        ];
-        for (outcome, n) in plain {
-            self.sample(name, &[extra, &[("outcome", outcome)]].concat(), n);
-        }
-        let d = &c.dropped;
-        let dropped = [
-            ("newest", d.newest),
-            ("oldest", d.oldest),
-            ("rejected", d.rejected),
-            ("timeout", d.timeout),
-            ("paused", d.paused),
-            ("unsubscribed", d.unsubscribed),
-            ("shutdown", d.shutdown),
-            ("circuit_open", d.circuit_open),
-        ];
-        let l = &c.dead_lettered;
-        let dead = [
-            ("retries_exhausted", l.retries_exhausted),
-            ("permanent", l.permanent),
-            ("panicked", l.panicked),
-            ("expired", l.expired),
-            ("shutdown", l.shutdown),
-            ("overflow", l.overflow),
-            ("circuit_open", l.circuit_open),
-        ];
-        for (outcome, reasons) in [("dropped", &dropped[..]), ("dead_lettered", &dead[..])] {
-            for &(reason, n) in reasons {
-                let labels = [extra, &[("outcome", outcome), ("reason", reason)]].concat();
-                self.sample(name, &labels, n);
+        for (outcome, reason, n) in super::outcome_series(c) {
+            let mut labels = extra.to_vec();
+            labels.push(("outcome", outcome));
+            if let Some(reason) = reason {
+                labels.push(("reason", reason));
             }
+            self.sample(name, &labels, n);
         }
     }
 
@@ -229,13 +200,7 @@ impl Metrics {
             s.delayed.pending,
         );
         o.family("topicbus_workers", "gauge", "Worker threads, by state.");
-        let w = &self.workers;
-        for (state, n) in [
-            ("running", w.running),
-            ("idle", w.idle),
-            ("parked", w.parked),
-            ("exited", w.exited),
-        ] {
+        for (state, n) in self.workers.named() {
             o.sample("topicbus_workers", &[("state", state)], n);
         }
         o.single(
