@@ -266,7 +266,8 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     /// reads the bus's clock three times (≈ 25 ns each on the system clock)
     /// and records into its worker's own histograms, ≈ 150 ns in all; the
     /// others cost a thread-local countdown. At the default that is ≈ 2 ns
-    /// a handler run, about 1 % of the cheapest publish.
+    /// a handler run, about 1 % of the cheapest publish. The histograms
+    /// take about 0.8 MB per worker (plus one set for inline handlers).
     ///
     /// # Examples
     ///

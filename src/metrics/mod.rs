@@ -8,6 +8,10 @@
 //! not sampled cost one thread-local countdown. Handlers run inline on a
 //! publisher's thread are recorded into one shared extra slot.
 //!
+//! Memory: each slot holds three histograms of 270 KB (3 significant
+//! digits over 1 ns to 1 h), so about 0.8 MB per worker plus one; nothing
+//! with sampling off.
+//!
 //! [`Bus::metrics`]: crate::Bus::metrics
 
 use std::cell::Cell;
