@@ -112,6 +112,19 @@ fn one_run_in_n_is_sampled_and_zero_turns_it_off() {
         );
         assert_eq!(m.queue_wait.count(), want);
         assert_eq!(m.end_to_end.count(), want);
+        if want == 0 {
+            // Empty distributions read as zero, not as garbage.
+            let l = &m.handler;
+            assert_eq!(
+                (l.p50(), l.max(), l.min(), l.mean()),
+                (
+                    Duration::ZERO,
+                    Duration::ZERO,
+                    Duration::ZERO,
+                    Duration::ZERO
+                )
+            );
+        }
     }
 }
 

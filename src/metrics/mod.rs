@@ -147,7 +147,7 @@ impl Recorder {
         // A wall clock that stepped back counts as zero wait, not an error.
         let wait = started.wall.duration_since(published).unwrap_or_default();
         let run = now.saturating_duration_since(started.at);
-        let (queue_wait, handler, end_to_end) = (ns(wait), ns(run), ns(wait + run));
+        let (queue_wait, handler, end_to_end) = (ns(wait), ns(run), ns(wait.saturating_add(run)));
         let slot = crate::pool::current_worker()
             .filter(|&n| n + 1 < self.slots.len())
             .unwrap_or(self.slots.len() - 1);
