@@ -257,9 +257,7 @@ fn inline(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = counter::config();
     targets = pool_1to1, fanout, inline, metrics_cost
 }
 criterion_main!(benches);

@@ -233,9 +233,7 @@ fn dead_letters(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = counter::config();
     targets = publish_options, pool_options, retry_round_trip, dead_letters
 }
 criterion_main!(benches);

@@ -11,12 +11,12 @@
 
 use std::time::Duration;
 
+mod common;
+use common::LONG;
 use topicbus::{
     BuildError, Bus, BusStats, Message, OverflowPolicy, Pattern, PublishError, RecvTimeoutError,
     RequestError, SubscribeError, SubscribeOptions, Topic, TopicErrorKind, DEFAULT_MAX_PAYLOAD,
 };
-
-const LONG: Duration = Duration::from_secs(20);
 
 fn kind(e: &PublishError) -> &TopicErrorKind {
     match e {

@@ -10,12 +10,12 @@ use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
+mod common;
+use common::{wait_until, Gate, LONG};
 use topicbus::{
     Bus, GroupStrategy, Message, Outcome, OverflowPolicy, Priority, PublishError, RecvTimeoutError,
     ShutdownError, SubscribeError, SubscribeOptions, Topic, TryRecvError,
 };
-
-const LONG: Duration = Duration::from_secs(20);
 
 fn new_bus<T: Send + Sync + 'static>(workers: usize) -> Bus<T> {
     Bus::<T>::builder().workers(workers).build().expect("bus")
@@ -25,38 +25,6 @@ fn msg<T>(topic: &str, payload: T, priority: Priority) -> Message<T> {
     Message::builder(Topic::parse(topic).expect("topic"), payload)
         .priority(priority)
         .build()
-}
-
-/// A handler that reports each call (its payload) and then waits for a
-/// release, so a test controls exactly when handlers finish.
-struct Gate {
-    release: mpsc::Sender<()>,
-    entered: mpsc::Receiver<u32>,
-}
-
-impl Gate {
-    fn new() -> (Self, impl Fn(&Message<u32>) + Send + Sync + 'static) {
-        let (release, release_rx) = mpsc::channel::<()>();
-        let (entered_tx, entered) = mpsc::channel::<u32>();
-        let (release_rx, entered_tx) = (Mutex::new(release_rx), Mutex::new(entered_tx));
-        let handler = move |m: &Message<u32>| {
-            let _ = entered_tx.lock().unwrap().send(*m.payload());
-            let _ = release_rx.lock().unwrap().recv_timeout(LONG);
-        };
-        (Self { release, entered }, handler)
-    }
-
-    /// Waits until a call entered the handler; returns its payload.
-    fn entered(&self) -> u32 {
-        self.entered.recv_timeout(LONG).expect("a handler call")
-    }
-
-    /// Lets `n` calls finish.
-    fn release(&self, n: usize) {
-        for _ in 0..n {
-            self.release.send(()).expect("handler gone");
-        }
-    }
 }
 
 #[test]
@@ -464,9 +432,7 @@ fn shutdown_drains_everything_under_load() {
         .collect();
     start.wait();
     // Let the publishers get going: wait until plenty was delivered.
-    while bus.stats().total.delivered < 50_000 {
-        std::thread::yield_now();
-    }
+    wait_until("plenty delivered", || bus.stats().total.delivered >= 50_000);
     let report = bus.shutdown(LONG).unwrap();
     let sent: u64 = publishers.into_iter().map(|h| h.join().unwrap()).sum();
     assert!(!report.timed_out && report.workers_joined, "{report:?}");
@@ -500,14 +466,7 @@ fn shutdown_times_out_on_a_stuck_handler_and_accounts_for_everything() {
     let st = stuck.stats();
     assert_eq!(st.dropped.shutdown, 9);
     // The stuck call settles once it returns; the detached worker exits.
-    let deadline = std::time::Instant::now() + LONG;
-    while stuck.stats().settled() < 10 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stuck call never settled"
-        );
-        std::thread::yield_now();
-    }
+    wait_until("the stuck call settled", || stuck.stats().settled() >= 10);
     assert_eq!(stuck.stats().handled, 1);
     // Shutdown is idempotent.
     assert_eq!(bus.shutdown(LONG).unwrap(), report);

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+mod common;
+use common::{silence_deliberate_panics, Deliberate};
 use topicbus::{
     Bus, DeadLetterReason, DropReason, GroupStrategy, Message, MessageId, Outcome, OverflowPolicy,
     Pattern, Priority, PublishError, Receiver, RetryPolicy, SubscribeOptions, Subscription,
@@ -41,8 +43,6 @@ const TOPICS: [&str; 5] = ["s.a.x", "s.b.x", "s.a.y", "t.x", "s.c.x.y"];
 const PATTERNS: [&str; 7] = ["s.#", "s.*.x", "s.a.*", "#.x", "s.b.x", "t.#", "#"];
 const PUBLISHERS: u64 = 3;
 const SHARDS: usize = 32;
-
-struct Deliberate;
 
 type Key = (MessageId, SubscriptionId);
 
@@ -98,15 +98,6 @@ struct Published {
     id: MessageId,
     topic: Topic,
     matched: u32,
-}
-
-fn silence_deliberate_panics() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<Deliberate>().is_none() {
-            default_hook(info);
-        }
-    }));
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+mod common;
+use common::{silence_deliberate_panics, Deliberate};
 use topicbus::{
     BreakerWindow, Bus, CircuitBreaker, DeadLetterQuery, Dedup, Message, OverflowPolicy,
     PublishError, Receipt, RetryOrder, RetryPolicy, SubscribeOptions, Subscription, Topic,
@@ -21,22 +23,6 @@ use topicbus::{
 
 const PUBLISHERS: u64 = 3;
 const PER_PUBLISHER: u64 = 40_000;
-
-struct Deliberate;
-
-/// Installs (once for the binary) a panic hook that keeps quiet about the
-/// handlers' deliberate panics and reports every other one.
-fn silence_deliberate_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<Deliberate>().is_none() {
-                default_hook(info);
-            }
-        }));
-    });
-}
 
 /// Starts [`PUBLISHERS`] threads; once past the returned barrier, publisher
 /// `p` publishes `per` messages (message `i` carries `p << 32 | i`) to four

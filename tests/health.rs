@@ -4,11 +4,10 @@
 mod common;
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{on_clock, wait_until, LONG};
+use common::{on_clock, wait_until, Gate, LONG};
 use topicbus::{
     BreakerWindow, Bus, CircuitBreaker, HealthCheck, HealthIssue, HealthStatus, HealthThresholds,
     ManualClock, Message, SubscribeOptions, WhenOpen,
@@ -96,18 +95,11 @@ fn a_timer_behind_its_jobs_degrades() {
     // handler that blocks there holds the timer up while the clock moves.
     let clock = ManualClock::shared();
     let bus = on_clock(&clock).build().unwrap();
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    let (gate, handler) = Gate::new();
     let _blocker = bus
         .subscribe_with(
             SubscribeOptions::new().pattern("block").inline(true),
-            move |_m: &Message<u32>| {
-                entered_tx.lock().unwrap().send(()).unwrap();
-                // Bounded, so a failing test ends instead of hanging on the
-                // unsubscribe that waits for this call.
-                let _ = release_rx.lock().unwrap().recv_timeout(LONG);
-            },
+            handler,
         )
         .unwrap();
     let rx = bus.receiver("later").unwrap();
@@ -123,14 +115,14 @@ fn a_timer_behind_its_jobs_degrades() {
     delayed("later", 2);
     assert_eq!(bus.health().status, HealthStatus::Healthy, "nothing due");
     clock.advance(Duration::from_secs(1));
-    entered.recv_timeout(LONG).unwrap();
+    gate.entered();
     // The timer is stuck in the handler; "later" falls due and waits.
     clock.advance(Duration::from_secs(10));
     let h = bus.health();
     assert_eq!(h.status, HealthStatus::Degraded, "{h:?}");
     assert_eq!(h.issues[0].component, "timer");
     assert!(h.issues[0].reason.contains("9s"), "{h:?}");
-    release.send(()).unwrap();
+    gate.release(1);
     rx.recv_timeout(LONG).unwrap();
     wait_until("the timer caught up", || {
         bus.health().status == HealthStatus::Healthy

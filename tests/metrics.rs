@@ -1,12 +1,11 @@
 //! `Bus::metrics`: latency histograms against a known distribution on a
 //! manual clock, exact sampling, worker states.
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
-use common::{wait_until, LONG};
+use common::{wait_until, Gate, LONG};
 use topicbus::{Bus, ManualClock, Message, SubscribeOptions};
 
 /// At least `want`, to the histograms' 3 significant digits.
@@ -150,25 +149,16 @@ fn inline_handlers_are_sampled_too() {
 #[test]
 fn worker_states_show_running_parked_and_exited_workers() {
     let bus = Bus::<u32>::builder().workers(2).build().unwrap();
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
-    let _s = bus
-        .subscribe("block", move |_m: &Message<u32>| {
-            entered_tx.lock().unwrap().send(()).unwrap();
-            // Bounded, so a failing test ends instead of hanging on the
-            // unsubscribe that waits for this call.
-            let _ = release_rx.lock().unwrap().recv_timeout(LONG);
-        })
-        .unwrap();
+    let (gate, handler) = Gate::new();
+    let _s = bus.subscribe("block", handler).unwrap();
     bus.publish("block", 1).unwrap();
-    entered.recv_timeout(LONG).unwrap();
+    gate.entered();
     // One worker is in the handler; the other runs out of work and parks.
     wait_until("one running, one parked", || {
         let w = bus.metrics().workers;
         (w.running, w.parked) == (1, 1)
     });
-    release.send(()).unwrap();
+    gate.release(1);
     bus.shutdown(LONG).unwrap();
     let w = bus.metrics().workers;
     assert_eq!((w.running, w.idle, w.parked, w.exited), (0, 0, 0, 2));

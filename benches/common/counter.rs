@@ -1,4 +1,5 @@
-//! Waiting for handlers to finish, shared by the bus benchmarks.
+//! Shared by the bus and reliability benchmarks: waiting for handlers to
+//! finish, the inline subscriber, the criterion settings.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,4 +25,11 @@ pub(crate) fn inline_sink(
         std::hint::black_box(m.payload());
     })
     .expect("subscribe")
+}
+
+/// The criterion settings of the bus and reliability benchmarks.
+pub(crate) fn config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
 }
