@@ -10,7 +10,15 @@
 //!   depth-3 topic (one match), per publish, single thread.
 //! - `metrics_cost/{pool,inline}/{off,default,every_run}`: `pool_1to1` and
 //!   `inline` for topicbus with latency sampling off, at the default rate,
-//!   and on every handler run.
+//!   and on every handler run; `inline/default_own` adds the subscription's
+//!   own histograms (`SubscribeOptions::latency`).
+//! - `tracing_cost/{pool,inline}/{off,info,debug,debug_fmt}` (with
+//!   `--features tracing`): the same two paths with a subscriber that takes
+//!   nothing (as with none installed), takes info and above (topicbus's
+//!   spans are debug: skipped by one level check), takes everything but
+//!   does nothing with it (the cost of building topicbus's spans), and
+//!   takes everything and formats every field (a stand-in for a logging
+//!   layer, without the I/O).
 //!
 //! The hand-rolled bus is what a Rust user writes in an afternoon: an `Arc`
 //! message sent into one bounded crossbeam channel per subscriber, a worker
@@ -162,7 +170,7 @@ fn pool_1to1(c: &mut Criterion) {
 
 /// What latency metrics cost: the 1 → 1 pool path (the cheapest per
 /// message, so the largest relative cost) with sampling off, at the default
-/// (one run in 16) and on every run, in the same run.
+/// (one run in 64) and on every run, in the same run.
 fn metrics_cost(c: &mut Criterion) {
     let mut g = c.benchmark_group("metrics_cost");
     g.throughput(Throughput::Elements(1));
@@ -177,14 +185,16 @@ fn metrics_cost(c: &mut Criterion) {
             b.iter_custom(|n| topicbus_sampled_run(1, n, sampling))
         });
     }
-    // The inline path: no scheduling, so the steadiest view of the cost.
-    for (name, sampling) in settings {
+    // The inline path: no scheduling, so the steadiest view of the cost;
+    // and the default with the subscription keeping its own histograms.
+    let own = ("default_own", topicbus::DEFAULT_LATENCY_SAMPLING);
+    for (name, sampling) in settings.into_iter().chain([own]) {
         let bus = Bus::<u64>::builder()
             .workers(1)
             .latency_sampling(sampling)
             .build()
             .expect("bus");
-        let _s = inline_sink(&bus, |o| o);
+        let _s = inline_sink(&bus, |o| o.latency(name == own.0));
         let topic = Topic::parse("orders.eu.created").expect("topic");
         let mut i = 0u64;
         g.bench_function(BenchmarkId::new("inline", name), |b| {
@@ -196,6 +206,143 @@ fn metrics_cost(c: &mut Criterion) {
     }
     g.finish();
 }
+
+/// A subscriber whose level is switched between benchmarks, installed
+/// once for the whole process (worker threads see the global default).
+#[cfg(feature = "tracing")]
+mod toggle {
+    use std::cell::RefCell;
+    use std::fmt::Write as _;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use tracing::field::{Field, Visit};
+    use tracing::level_filters::LevelFilter;
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Metadata, Subscriber};
+
+    pub(crate) const OFF: u8 = 0;
+    pub(crate) const INFO: u8 = 1;
+    pub(crate) const DEBUG: u8 = 2;
+    pub(crate) const DEBUG_FMT: u8 = 3;
+
+    pub(crate) struct Toggle(pub(crate) AtomicU8);
+
+    thread_local! {
+        static LINE: RefCell<String> = RefCell::new(String::with_capacity(256));
+    }
+
+    /// Formats every field into a reused per-thread line.
+    struct Fmt<'a>(&'a mut String);
+
+    impl Visit for Fmt<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, " {}={:?}", field.name(), value);
+        }
+    }
+
+    impl Toggle {
+        fn level(&self) -> u8 {
+            self.0.load(Ordering::Relaxed)
+        }
+
+        /// Switches the level and makes every call site see it.
+        pub(crate) fn set(&self, level: u8) {
+            self.0.store(level, Ordering::Relaxed);
+            tracing::callsite::rebuild_interest_cache();
+        }
+
+        fn format(&self, visit: impl FnOnce(&mut Fmt<'_>)) {
+            if self.level() == DEBUG_FMT {
+                LINE.with(|l| {
+                    let mut l = l.borrow_mut();
+                    l.clear();
+                    visit(&mut Fmt(&mut l));
+                    std::hint::black_box(l.len());
+                });
+            }
+        }
+    }
+
+    impl Subscriber for Toggle {
+        fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+            Interest::sometimes()
+        }
+
+        fn max_level_hint(&self) -> Option<LevelFilter> {
+            Some(match self.level() {
+                OFF => LevelFilter::OFF,
+                INFO => LevelFilter::INFO,
+                _ => LevelFilter::TRACE,
+            })
+        }
+
+        fn enabled(&self, m: &Metadata<'_>) -> bool {
+            self.max_level_hint().is_some_and(|l| *m.level() <= l)
+        }
+
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            self.format(|f| span.record(f));
+            Id::from_u64(1)
+        }
+
+        fn record(&self, _: &Id, values: &Record<'_>) {
+            self.format(|f| values.record(f));
+        }
+
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+        fn event(&self, event: &Event<'_>) {
+            self.format(|f| event.record(f));
+        }
+
+        fn enter(&self, _: &Id) {}
+
+        fn exit(&self, _: &Id) {}
+    }
+}
+
+/// What tracing costs with the feature compiled in: `metrics_cost`'s two
+/// paths under a subscriber switched between levels, in the same run.
+#[cfg(feature = "tracing")]
+fn tracing_cost(c: &mut Criterion) {
+    use toggle::{Toggle, DEBUG, DEBUG_FMT, INFO, OFF};
+    let subscriber = Arc::new(Toggle(std::sync::atomic::AtomicU8::new(OFF)));
+    tracing::subscriber::set_global_default(Arc::clone(&subscriber)).expect("the only install");
+    let mut g = c.benchmark_group("tracing_cost");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    let levels = [
+        ("off", OFF),
+        ("info", INFO),
+        ("debug", DEBUG),
+        ("debug_fmt", DEBUG_FMT),
+    ];
+    for (name, level) in levels {
+        subscriber.set(level);
+        g.bench_function(BenchmarkId::new("pool", name), |b| {
+            b.iter_custom(|n| topicbus_run(1, n))
+        });
+    }
+    let bus = Bus::<u64>::builder().workers(1).build().expect("bus");
+    let _s = inline_sink(&bus, |o| o);
+    let topic = Topic::parse("orders.eu.created").expect("topic");
+    let mut i = 0u64;
+    for (name, level) in levels {
+        subscriber.set(level);
+        g.bench_function(BenchmarkId::new("inline", name), |b| {
+            b.iter(|| {
+                i += 1;
+                bus.publish(&topic, i).expect("publish")
+            })
+        });
+    }
+    subscriber.set(OFF);
+    g.finish();
+}
+
+#[cfg(not(feature = "tracing"))]
+fn tracing_cost(_: &mut Criterion) {}
 
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
@@ -258,6 +405,6 @@ fn inline(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = counter::config();
-    targets = pool_1to1, fanout, inline, metrics_cost
+    targets = pool_1to1, fanout, inline, metrics_cost, tracing_cost
 }
 criterion_main!(benches);

@@ -130,7 +130,7 @@ pub use crate::message::{
     check_payload_size, HeaderText, Headers, Message, MessageBuilder, MessageId, PayloadSize,
     PayloadTooLarge, Priority, DEFAULT_MAX_PAYLOAD,
 };
-pub use crate::metrics::{Latency, Metrics, DEFAULT_LATENCY_SAMPLING};
+pub use crate::metrics::{Latency, Metrics, SubscriptionLatency, DEFAULT_LATENCY_SAMPLING};
 pub use crate::pool::WorkerStates;
 pub use crate::registry::SubscriptionId;
 pub use crate::reliability::{

@@ -13,14 +13,19 @@ fn at_least(got: Duration, want: Duration) -> bool {
     got.as_nanos() as f64 >= want.as_nanos() as f64 * 0.999
 }
 
-/// Within the histograms' 3 significant digits (0.1 %).
-fn close(got: Duration, want: Duration) -> bool {
+/// Within `rel` of `want` (and a nanosecond).
+fn within(got: Duration, want: Duration, rel: f64) -> bool {
     let (g, w) = (got.as_nanos() as f64, want.as_nanos() as f64);
-    (g - w).abs() <= w * 0.001 + 1.0
+    (g - w).abs() <= w * rel + 1.0
 }
 
-#[test]
-fn handler_delays_of_a_known_distribution_come_out_with_the_right_percentiles() {
+/// Within the histograms' 3 significant digits (0.1 %).
+fn close(got: Duration, want: Duration) -> bool {
+    within(got, want, 0.001)
+}
+
+/// A one-worker bus on a manual clock that samples every run.
+fn manual_bus() -> (Arc<ManualClock>, Bus<u64>) {
     let clock = ManualClock::shared();
     let bus = Bus::<u64>::builder()
         .workers(1)
@@ -28,6 +33,12 @@ fn handler_delays_of_a_known_distribution_come_out_with_the_right_percentiles() 
         .latency_sampling(1)
         .build()
         .unwrap();
+    (clock, bus)
+}
+
+#[test]
+fn handler_delays_of_a_known_distribution_come_out_with_the_right_percentiles() {
+    let (clock, bus) = manual_bus();
     // Each handler run takes `payload` milliseconds of the manual clock.
     let c = Arc::clone(&clock);
     let sub = bus
@@ -82,6 +93,87 @@ fn handler_delays_of_a_known_distribution_come_out_with_the_right_percentiles() 
         m.end_to_end.max(),
         Duration::from_secs(10) + ms((1..=1_000).sum::<u64>())
     ));
+}
+
+#[test]
+fn subscriptions_that_ask_keep_their_own_latency_histograms() {
+    let (clock, bus) = manual_bus();
+    // Runs of `fast` take `payload` ms of the manual clock, runs of `slow`
+    // ten times that; `plain` takes none and keeps no histograms of its own.
+    let watched = |scale: u64| {
+        let c = Arc::clone(&clock);
+        bus.subscribe_with(
+            SubscribeOptions::new()
+                .pattern("work")
+                .capacity(1_000)
+                .paused(true)
+                .latency(true),
+            move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload() * scale)),
+        )
+        .unwrap()
+    };
+    let (fast, slow) = (watched(1), watched(10));
+    let plain = bus.subscribe("work", |_m: &Message<u64>| ()).unwrap();
+    let pulled = bus
+        .receiver_with(SubscribeOptions::new().pattern("work").latency(true))
+        .unwrap();
+    for i in 0..100u64 {
+        bus.publish("work", 1 + (i * 37) % 100).unwrap();
+    }
+    fast.resume();
+    slow.resume();
+    wait_until("every run", || bus.stats().total.handled == 300);
+    let m = bus.metrics();
+
+    assert_eq!(m.handler.count(), 300);
+    let ids: Vec<_> = m.subscriptions.iter().map(|s| s.id).collect();
+    assert_eq!(ids, [fast.id(), slow.id()], "{ids:?}");
+    let ms = Duration::from_millis;
+    for (own, scale) in m.subscriptions.iter().zip([1u64, 10]) {
+        assert_eq!(own.handler.count(), 100);
+        assert_eq!(own.queue_wait.count(), 100);
+        assert_eq!(own.end_to_end.count(), 100);
+        for (q, got, want) in [
+            (0.5, own.handler.p50(), ms(50 * scale)),
+            (0.99, own.handler.p99(), ms(99 * scale)),
+            (1.0, own.handler.max(), ms(100 * scale)),
+            (0.0, own.handler.min(), ms(scale)),
+        ] {
+            // A subscription's own histograms: 2 significant digits (1 %).
+            assert!(
+                within(got, want, 0.01),
+                "x{scale} q{q}: {got:?}, want {want:?}"
+            );
+        }
+    }
+    // The bus-wide distribution holds all three: plain's 100 zero-length
+    // runs, fast's and slow's.
+    assert_eq!(m.handler.count_at_most(Duration::from_micros(1)), 100);
+    assert!(close(m.handler.max(), ms(1_000)));
+
+    // Gone with the subscription.
+    drop(fast);
+    let left: Vec<_> = bus.metrics().subscriptions.iter().map(|s| s.id).collect();
+    assert_eq!(left, [slow.id()]);
+    drop((plain, pulled));
+}
+
+#[test]
+fn with_sampling_off_no_subscription_keeps_histograms() {
+    let bus = Bus::<u32>::builder()
+        .workers(1)
+        .latency_sampling(0)
+        .build()
+        .unwrap();
+    let _s = bus
+        .subscribe_with(
+            SubscribeOptions::new().pattern("t").latency(true),
+            |_m: &Message<u32>| (),
+        )
+        .unwrap();
+    bus.publish("t", 1).unwrap();
+    bus.shutdown(LONG).unwrap();
+    assert!(bus.metrics().subscriptions.is_empty());
 }
 
 #[test]

@@ -15,13 +15,16 @@ fn the_report_carries_the_snapshot() {
         .build()
         .unwrap();
     let fails = bus
-        .subscribe("jobs", |m: &Message<u32>| {
-            if m.payload() % 4 == 0 {
-                Err("every fourth")
-            } else {
-                Ok(())
-            }
-        })
+        .subscribe_with(
+            SubscribeOptions::new().pattern("jobs").latency(true),
+            |m: &Message<u32>| {
+                if m.payload() % 4 == 0 {
+                    Err("every fourth")
+                } else {
+                    Ok(())
+                }
+            },
+        )
         .unwrap();
     let _tiny = bus
         .subscribe_with(
@@ -100,4 +103,16 @@ fn the_report_carries_the_snapshot() {
     assert_eq!(p99, m.handler.p99().as_secs_f64());
     let max = gauge("topicbus_end_to_end_seconds", &[("quantile", "1")]);
     assert_eq!(max, m.end_to_end.max().as_secs_f64());
+    // The subscription's own distributions, labelled with it.
+    let own = &m.subscriptions[0];
+    assert_eq!((m.subscriptions.len(), own.id), (1, fails.id()));
+    assert_eq!(own.handler.count(), 100);
+    for (name, l) in [
+        ("topicbus_subscription_queue_wait_seconds", &own.queue_wait),
+        ("topicbus_subscription_handler_seconds", &own.handler),
+        ("topicbus_subscription_end_to_end_seconds", &own.end_to_end),
+    ] {
+        let p50 = gauge(name, &[("subscription", &id), ("quantile", "0.5")]);
+        assert_eq!(p50, l.p50().as_secs_f64(), "{name}");
+    }
 }

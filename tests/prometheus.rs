@@ -147,3 +147,55 @@ fn the_exposition_parses_and_says_what_the_snapshot_says() {
     }
     assert_eq!(m.handler.count(), t.handled + t.failed);
 }
+
+#[test]
+fn subscriptions_with_their_own_histograms_export_them_labelled() {
+    let bus = Bus::<u64>::builder()
+        .workers(1)
+        .latency_sampling(1)
+        .build()
+        .unwrap();
+    let watched = bus
+        .subscribe_with(
+            SubscribeOptions::new().pattern("jobs").latency(true),
+            |_m: &Message<u64>| (),
+        )
+        .unwrap();
+    let unwatched = bus.subscribe("jobs", |_m: &Message<u64>| ()).unwrap();
+    for i in 0..200 {
+        bus.publish("jobs", i).unwrap();
+    }
+    bus.shutdown(Duration::from_secs(20)).unwrap();
+    let m = bus.metrics();
+    let s = scrape(&m.to_prometheus());
+    assert_eq!(m.subscriptions.len(), 1);
+    let own = &m.subscriptions[0];
+    let id = watched.id().to_string();
+    for (name, l) in [
+        ("topicbus_subscription_queue_wait_seconds", &own.queue_wait),
+        ("topicbus_subscription_handler_seconds", &own.handler),
+        ("topicbus_subscription_end_to_end_seconds", &own.end_to_end),
+    ] {
+        assert!(s.docs.contains_key(name), "{name}");
+        let found: Vec<_> = s.samples.iter().filter(|x| x.metric == name).collect();
+        assert_eq!(found.len(), 1, "{name}: only the watched subscription");
+        assert_eq!(found[0].labels.get("subscription"), Some(id.as_str()));
+        let Value::Histogram(buckets) = &found[0].value else {
+            panic!("{name} is not a histogram");
+        };
+        // Each bucket is the distribution's own cumulative count.
+        for b in buckets {
+            let want = if b.less_than.is_infinite() {
+                l.count()
+            } else {
+                l.count_at_most(Duration::from_secs_f64(b.less_than))
+            };
+            assert_eq!(b.count, want as f64, "{name} le {}", b.less_than);
+        }
+        assert_eq!(buckets.last().unwrap().count, 200.0);
+    }
+    assert!(s.samples.iter().all(|x| {
+        x.labels.get("subscription") != Some(unwatched.id().to_string().as_str())
+            || !x.metric.ends_with("_seconds")
+    }));
+}

@@ -1234,7 +1234,29 @@ impl<T: Send + Sync + 'static> Bus<T> {
             handler,
             end_to_end,
             sampling: services.metrics.every(),
+            subscriptions: self.subscription_latency(),
         }
+    }
+
+    /// The own latency histograms of the live subscriptions that keep them,
+    /// in subscription order.
+    fn subscription_latency(&self) -> Vec<crate::SubscriptionLatency> {
+        let snapshot = self.inner().registry.load();
+        let mut out: Vec<_> = snapshot
+            .entries()
+            .filter_map(|e| {
+                let sub = e.value();
+                let (queue_wait, handler, end_to_end) = sub.latency.as_ref()?.snapshot();
+                Some(crate::SubscriptionLatency {
+                    id: sub.id,
+                    queue_wait,
+                    handler,
+                    end_to_end,
+                })
+            })
+            .collect();
+        out.sort_by_key(|l| l.id);
+        out
     }
 
     /// Counters of every subscription and in total.
@@ -1700,6 +1722,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
                     gate: gate.take(),
                     rel: rel.take(),
                     dead_letter,
+                    latency: options.latency,
                 };
                 let sub = Sub::new(spec, make);
                 created = Some(Arc::clone(&sub));

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::mailbox::lanes::{Lanes, OverflowPolicy, Push};
 use crate::mailbox::state::{AfterRun, OnPush, State};
 use crate::message::{AttemptScope, Message};
-use crate::metrics::{Recorder, Started};
+use crate::metrics::{Recorder, Started, SubRecorder};
 use crate::pool::{Pool, QueueProbe, Task, TaskRef};
 use crate::registry::SubscriptionId;
 use crate::reliability::timer::Fire;
@@ -305,6 +305,8 @@ pub(crate) struct Sub<T> {
     /// Retries and the circuit breaker (worker side).
     pub(crate) rel: Option<Box<Reliable<T>>>,
     pub(crate) dead_letter: DeadLetterOn,
+    /// The subscription's own latency histograms, when it keeps them.
+    pub(crate) latency: Option<Box<SubRecorder>>,
 }
 
 impl<T> std::fmt::Debug for Sub<T> {
@@ -365,10 +367,15 @@ pub(crate) struct Spec<T> {
     pub(crate) gate: Option<Box<Gate<T>>>,
     pub(crate) rel: Option<Box<Reliable<T>>>,
     pub(crate) dead_letter: DeadLetterOn,
+    /// Keep latency histograms of its own (handler kinds only).
+    pub(crate) latency: bool,
 }
 
 impl<T: Send + Sync + 'static> Sub<T> {
     pub(crate) fn new(spec: Spec<T>, make: Make<T>) -> Arc<Self> {
+        let latency =
+            (spec.latency && spec.services.metrics.every() != 0 && !matches!(make, Make::Pull))
+                .then(|| Box::new(SubRecorder::new()));
         Arc::new_cyclic(|me| {
             let kind = match make {
                 Make::Callback(handler, concurrency) => Kind::Callback {
@@ -407,6 +414,7 @@ impl<T: Send + Sync + 'static> Sub<T> {
                 gate: spec.gate,
                 rel: spec.rel,
                 dead_letter: spec.dead_letter,
+                latency,
             }
         })
     }
@@ -723,9 +731,12 @@ impl<T: Send + Sync + 'static> Sub<T> {
     #[cold]
     #[inline(never)]
     fn sample_end(&self, msg: &Message<T>, started: Started) {
-        self.services
-            .metrics
-            .record(msg.timestamp(), started, self.services.now());
+        self.services.metrics.record(
+            msg.timestamp(),
+            started,
+            self.services.now(),
+            self.latency.as_deref(),
+        );
     }
 
     /// The failure a run ended in (`None`: it succeeded), classified by

@@ -25,7 +25,10 @@ impl Metrics {
     /// `topicbus_subscription_queue_depth{subscription, lane}`), and each
     /// latency distribution as quantile gauges in seconds
     /// (`topicbus_handler_seconds{quantile}`, `topicbus_queue_wait_seconds`,
-    /// `topicbus_end_to_end_seconds`; quantile `1` is the maximum). Call it
+    /// `topicbus_end_to_end_seconds`; quantile `1` is the maximum; and the
+    /// same `topicbus_subscription_*_seconds{subscription, quantile}` for
+    /// the subscriptions that keep their own, [`Metrics::subscriptions`]).
+    /// Call it
     /// periodically (say every few seconds) from a thread of your own.
     ///
     /// # Examples
@@ -85,14 +88,35 @@ impl Metrics {
                 .set(depth as f64);
             }
         }
-        quantiles("topicbus_queue_wait_seconds", &self.queue_wait);
-        quantiles("topicbus_handler_seconds", &self.handler);
-        quantiles("topicbus_end_to_end_seconds", &self.end_to_end);
+        quantiles("topicbus_queue_wait_seconds", None, &self.queue_wait);
+        quantiles("topicbus_handler_seconds", None, &self.handler);
+        quantiles("topicbus_end_to_end_seconds", None, &self.end_to_end);
+        for own in &self.subscriptions {
+            let id = own.id.to_string();
+            for (name, l) in [
+                ("topicbus_subscription_queue_wait_seconds", &own.queue_wait),
+                ("topicbus_subscription_handler_seconds", &own.handler),
+                ("topicbus_subscription_end_to_end_seconds", &own.end_to_end),
+            ] {
+                quantiles(name, Some(&id), l);
+            }
+        }
     }
 }
 
-fn quantiles(name: &'static str, l: &Latency) {
+/// Quantile gauges of `l`, labelled with the subscription when it is one's
+/// own.
+fn quantiles(name: &'static str, subscription: Option<&str>, l: &Latency) {
     for (label, q) in QUANTILES {
-        metrics::gauge!(name, "quantile" => label).set(l.quantile(q).as_secs_f64());
+        let seconds = l.quantile(q).as_secs_f64();
+        match subscription {
+            None => metrics::gauge!(name, "quantile" => label).set(seconds),
+            Some(id) => metrics::gauge!(
+                name,
+                "subscription" => id.to_owned(),
+                "quantile" => label
+            )
+            .set(seconds),
+        }
     }
 }

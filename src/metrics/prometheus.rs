@@ -69,16 +69,27 @@ impl Out {
     /// A histogram family from a latency distribution, in seconds.
     fn histogram(&mut self, name: &str, help: &str, l: &Latency) {
         self.family(name, "histogram", help);
+        self.histogram_samples(name, &[], l);
+    }
+
+    /// The samples of one histogram (buckets, sum, count) with `extra`
+    /// labels first.
+    fn histogram_samples(&mut self, name: &str, extra: &[(&str, &str)], l: &Latency) {
         let bucket = format!("{name}_bucket");
-        for le in BUCKETS {
-            let n = l.count_at_most(Duration::from_secs_f64(le));
-            self.sample(&bucket, &[("le", &le.to_string())], n);
+        let bounds = BUCKETS.map(Duration::from_secs_f64);
+        for (le, n) in BUCKETS.iter().zip(l.cumulative(&bounds)) {
+            let le = le.to_string();
+            let mut labels = extra.to_vec();
+            labels.push(("le", &le));
+            self.sample(&bucket, &labels, n);
         }
-        self.sample(&bucket, &[("le", "+Inf")], l.count());
+        let mut labels = extra.to_vec();
+        labels.push(("le", "+Inf"));
+        self.sample(&bucket, &labels, l.count());
         // The histogram keeps values to 0.1 %, so the sum is mean × count.
         let sum = l.mean().as_secs_f64() * l.count() as f64;
-        self.sample(&format!("{name}_sum"), &[], sum);
-        self.sample(&format!("{name}_count"), &[], l.count());
+        self.sample(&format!("{name}_sum"), extra, sum);
+        self.sample(&format!("{name}_count"), extra, l.count());
     }
 }
 
@@ -111,9 +122,13 @@ impl Metrics {
     /// `topicbus_subscription_retries_total`,
     /// `topicbus_subscription_queue_depth{lane}`,
     /// `topicbus_subscription_retrying`, `topicbus_subscription_held`,
-    /// `topicbus_subscription_circuit_state{state}`; and the histograms
+    /// `topicbus_subscription_circuit_state{state}`; the histograms
     /// `topicbus_queue_wait_seconds`, `topicbus_handler_seconds`,
-    /// `topicbus_end_to_end_seconds` (1 µs to 10 s buckets).
+    /// `topicbus_end_to_end_seconds` (1 µs to 10 s buckets); and for the
+    /// subscriptions that keep their own
+    /// ([`Metrics::subscriptions`]) `topicbus_subscription_queue_wait_seconds`,
+    /// `topicbus_subscription_handler_seconds` and
+    /// `topicbus_subscription_end_to_end_seconds`.
     ///
     /// # Examples
     ///
@@ -225,7 +240,40 @@ impl Metrics {
             "Publish to handler end, sampled handler runs.",
             &self.end_to_end,
         );
+        self.subscription_histograms(&mut o);
         o.0
+    }
+
+    /// The own histograms of the subscriptions that keep them.
+    fn subscription_histograms(&self, o: &mut Out) {
+        type Pick = fn(&crate::SubscriptionLatency) -> &Latency;
+        let families: [(&str, &str, Pick); 3] = [
+            (
+                "topicbus_subscription_queue_wait_seconds",
+                "Publish to handler start, sampled runs of the subscription.",
+                |s| &s.queue_wait,
+            ),
+            (
+                "topicbus_subscription_handler_seconds",
+                "Handler run time, sampled runs of the subscription.",
+                |s| &s.handler,
+            ),
+            (
+                "topicbus_subscription_end_to_end_seconds",
+                "Publish to handler end, sampled runs of the subscription.",
+                |s| &s.end_to_end,
+            ),
+        ];
+        if self.subscriptions.is_empty() {
+            return;
+        }
+        for (name, help, pick) in families {
+            o.family(name, "histogram", help);
+            for s in &self.subscriptions {
+                let id = s.id.to_string();
+                o.histogram_samples(name, &[("subscription", &id)], pick(s));
+            }
+        }
     }
 
     fn subscription_families(&self, o: &mut Out) {
