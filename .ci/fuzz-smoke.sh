@@ -9,7 +9,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 cd fuzz
 export RUSTC_BOOTSTRAP=1
-for target in topic_parse pattern_parse matcher_diff; do
+for target in topic_parse pattern_parse matcher_diff envelope_decode; do
     # Work on a copy so CI never rewrites the checked-in corpus.
     work=$(mktemp -d)
     cp -r "corpus/${target}/." "$work/"

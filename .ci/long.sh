@@ -23,7 +23,7 @@ fuzz)
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
     cd fuzz
     export RUSTC_BOOTSTRAP=1
-    targets=(topic_parse pattern_parse matcher_diff)
+    targets=(topic_parse pattern_parse matcher_diff envelope_decode)
     cargo fuzz build
     for t in "${targets[@]}"; do
         cargo fuzz run "$t" -- -max_total_time="$secs" -dict=dict -timeout=10 \

@@ -104,6 +104,8 @@
 #![deny(unsafe_code)]
 
 mod bus;
+#[cfg(feature = "envelope")]
+pub mod envelope;
 mod mailbox;
 pub mod matcher;
 mod message;
@@ -111,6 +113,8 @@ mod message;
 mod metrics;
 #[allow(unreachable_pub)]
 mod pool;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod registry;
 mod reliability;
 mod sync;
@@ -127,8 +131,8 @@ pub use crate::bus::{
 };
 pub use crate::mailbox::lanes::OverflowPolicy;
 pub use crate::message::{
-    check_payload_size, HeaderText, Headers, Message, MessageBuilder, MessageId, PayloadSize,
-    PayloadTooLarge, Priority, DEFAULT_MAX_PAYLOAD,
+    check_payload_size, HeaderText, Headers, Message, MessageBuilder, MessageId,
+    ParseMessageIdError, PayloadSize, PayloadTooLarge, Priority, DEFAULT_MAX_PAYLOAD,
 };
 pub use crate::metrics::{Latency, Metrics, SubscriptionLatency, DEFAULT_LATENCY_SAMPLING};
 pub use crate::pool::WorkerStates;

@@ -37,3 +37,9 @@ fn pattern_parse_corpus() {
 fn matcher_diff_corpus() {
     replay("matcher_diff", harness::matcher_diff);
 }
+
+#[cfg(feature = "envelope")]
+#[test]
+fn envelope_decode_corpus() {
+    replay("envelope_decode", harness::envelope_decode);
+}

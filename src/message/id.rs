@@ -160,6 +160,49 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// Text that is not a message id (see [`MessageId`]'s `FromStr`).
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::MessageId;
+/// assert!("not-an-id".parse::<MessageId>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a message id: want 32 hexadecimal digits, as 8-4-4-4-12 or plain")]
+pub struct ParseMessageIdError;
+
+impl std::str::FromStr for MessageId {
+    type Err = ParseMessageIdError;
+
+    /// Parses the [`Display`](fmt::Display) form (8-4-4-4-12 hexadecimal
+    /// digits, any case) or the same 32 digits without hyphens.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::MessageId;
+    /// let id = MessageId::new();
+    /// assert_eq!(id.to_string().parse::<MessageId>(), Ok(id));
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hyphenated = s.len() == 36
+            && s.char_indices()
+                .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-'));
+        let digits: &str = &if hyphenated {
+            s.replace('-', "")
+        } else {
+            s.to_owned()
+        };
+        if digits.len() != 32 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParseMessageIdError);
+        }
+        u128::from_str_radix(digits, 16)
+            .map(Self::from_u128)
+            .map_err(|_| ParseMessageIdError)
+    }
+}
+
 impl fmt::Debug for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MessageId({self})")
@@ -198,6 +241,41 @@ fn random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_parse_back_from_their_text_and_nothing_else_does() {
+        for v in [
+            0u128,
+            1,
+            u128::MAX,
+            MessageId::new().as_u128(),
+            0xABCD << 64,
+        ] {
+            let id = MessageId::from_u128(v);
+            let text = id.to_string();
+            assert_eq!(text.parse(), Ok(id));
+            assert_eq!(text.to_uppercase().parse(), Ok(id));
+            assert_eq!(text.replace('-', "").parse(), Ok(id));
+        }
+        let good = MessageId::new().to_string();
+        for bad in [
+            String::new(),
+            good[1..].to_owned(),
+            format!("{good}0"),
+            format!("-{}", &good[1..]),
+            good.replacen('-', "x", 1),
+            format!("{}-{}", &good[..7], &good[8..]),
+            "+".repeat(32),
+            "g".repeat(32),
+            format!("+{}", &"1".repeat(31)),
+        ] {
+            assert_eq!(
+                bad.parse::<MessageId>(),
+                Err(ParseMessageIdError),
+                "{bad:?}"
+            );
+        }
+    }
     use std::collections::HashSet;
     use std::sync::{Arc, Barrier};
 

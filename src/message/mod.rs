@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use headers::{HeaderText, Headers};
-pub use id::MessageId;
+pub use id::{MessageId, ParseMessageIdError};
 pub use payload::{check_payload_size, PayloadSize, PayloadTooLarge, DEFAULT_MAX_PAYLOAD};
 
 use crate::topic::Topic;
@@ -206,6 +206,16 @@ impl<T> Message<T> {
     /// The headers.
     pub fn headers(&self) -> &Headers {
         self.extras.as_ref().map_or(&NO_HEADERS, |e| &e.headers)
+    }
+
+    /// Sets a header on a message not yet published (adapters mark what
+    /// they import).
+    #[cfg(feature = "redis")]
+    pub(crate) fn set_header(&mut self, name: impl Into<HeaderText>, value: impl Into<HeaderText>) {
+        self.extras
+            .get_or_insert_with(Box::default)
+            .headers
+            .insert(name, value);
     }
 
     /// When the message was created (wall clock).

@@ -1,0 +1,138 @@
+//! Redis adapters (feature `redis`): a pub/sub bridge between buses in
+//! different processes.
+//!
+//! Everything crossing Redis travels in a signed [`envelope`](crate::envelope).
+//! The adapters use the synchronous [`redis`](https://docs.rs/redis) client
+//! on threads they own: no async runtime, and a slow or absent Redis never
+//! blocks a publisher (see [`RedisBridge`]).
+//!
+//! # Blocking
+//!
+//! [`BridgeBuilder::start`] and [`RedisBridge::shutdown`] block (the first
+//! until its threads run, the second until it flushed or timed out); do not
+//! call them from inside an async task. Everything else reads counters.
+
+mod bridge;
+mod glob;
+
+use std::time::Duration;
+
+use crate::sync::{Condvar, Mutex};
+
+pub use bridge::{BridgeBuilder, BridgeReport, BridgeStats, RedisBridge, ORIGIN_HEADER};
+
+/// Why an adapter could not start.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::envelope::Codec;
+/// use topicbus::redis::{AdapterError, RedisBridge};
+/// use topicbus::Bus;
+/// let bus = Bus::<String>::builder().workers(1).build()?;
+/// let err = RedisBridge::builder("not a url", Codec::unsigned()).start(&bus).unwrap_err();
+/// assert!(matches!(err, AdapterError::Redis(_)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdapterError {
+    /// The connection settings were refused by the client (a bad URL).
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// An import or export pattern is not a valid pattern.
+    #[error("pattern: {0}")]
+    Pattern(#[from] crate::TopicError),
+    /// The local side refused: the bus is shut down.
+    #[error("subscribe: {0}")]
+    Subscribe(#[from] crate::SubscribeError),
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(&'static str),
+    /// An adapter thread could not be started.
+    #[error("spawn: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Full-jitter exponential backoff (AWS architecture blog, 2015): attempt
+/// `n` waits a uniformly random time in `[0, min(cap, base × 2^n)]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) base: Duration,
+    pub(crate) cap: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// A stop flag that waits can watch.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    stopped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stop {
+    pub(crate) fn stop(&self) {
+        *self.stopped.lock() = true;
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        *self.stopped.lock()
+    }
+
+    /// Waits up to `d`; true when stopped (at once or meanwhile).
+    pub(crate) fn wait(&self, d: Duration) -> bool {
+        let deadline = std::time::Instant::now() + d;
+        let mut stopped = self.stopped.lock();
+        while !*stopped {
+            let (guard, timed_out) = self.changed.wait_until(stopped, deadline);
+            stopped = guard;
+            if timed_out {
+                break;
+            }
+        }
+        *stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_under_its_growing_ceiling_and_cap() {
+        let b = Backoff {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(500),
+        };
+        for attempt in 0..40 {
+            let ceiling = Duration::from_millis(10 << attempt.min(6)).min(b.cap);
+            for _ in 0..50 {
+                assert!(b.delay(attempt) <= ceiling, "attempt {attempt}");
+            }
+        }
+        // Jitter: not all the same.
+        let first = b.delay(5);
+        assert!((0..100).any(|_| b.delay(5) != first));
+    }
+
+    #[test]
+    fn a_stop_ends_a_wait() {
+        let stop = std::sync::Arc::new(Stop::default());
+        assert!(!stop.wait(Duration::from_millis(1)));
+        let s = std::sync::Arc::clone(&stop);
+        let t = std::thread::spawn(move || s.wait(Duration::from_secs(600)));
+        stop.stop();
+        assert!(t.join().unwrap());
+        assert!(stop.is_stopped());
+    }
+}
