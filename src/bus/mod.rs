@@ -65,6 +65,23 @@ use crate::sync::{wait_deadline, Mutex};
 use crate::topic::Limits;
 
 pub(crate) use confirm::Tracker;
+
+/// A message published by [`Bus::publish_tracked`], its outcomes to come.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub(crate) struct Tracked {
+    tracker: Arc<Tracker>,
+    id: crate::MessageId,
+    matched: usize,
+}
+
+#[cfg(feature = "redis")]
+impl Tracked {
+    /// Waits until every matched subscription settled it, or `deadline`.
+    pub(crate) fn wait(self, deadline: Instant) -> Confirmation {
+        self.tracker.wait(self.id, self.matched, deadline)
+    }
+}
 pub use confirm::{Confirmation, Delivery};
 pub use dead_letters::{DeadLetters, ReplayError, ReplaySummary};
 pub use error::{
@@ -1005,6 +1022,26 @@ impl<T: Send + Sync + 'static> Bus<T> {
             receipt.matched as usize,
             wait_deadline(deadline),
         ))
+    }
+
+    /// Publishes a built message with a tracker and returns at once; the
+    /// caller waits for the outcomes with [`Tracked::wait`] (adapters that
+    /// acknowledge upstream only after a terminal outcome).
+    #[cfg(feature = "redis")]
+    pub(crate) fn publish_tracked(&self, mut message: Message<T>) -> Result<Tracked, PublishError> {
+        let inner = self.inner();
+        let entered = inner.publishes.enter();
+        inner.check_open()?;
+        let tracker = Arc::new(Tracker::new());
+        message.tracker = Some(Arc::clone(&tracker));
+        let msg = inner.admit(message)?;
+        let receipt = inner.dispatch(&inner.registry.load(), &msg);
+        entered.commit();
+        Ok(Tracked {
+            tracker,
+            id: receipt.id,
+            matched: receipt.matched as usize,
+        })
     }
 
     /// Subscribes `handler` to `pattern`, run on the worker pool with the

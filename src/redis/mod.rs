@@ -1,5 +1,6 @@
 //! Redis adapters (feature `redis`): a pub/sub bridge between buses in
-//! different processes.
+//! different processes ([`RedisBridge`], at most once) and Streams with
+//! consumer groups ([`RedisStreams`], at least once).
 //!
 //! Everything crossing Redis travels in a signed [`envelope`](crate::envelope).
 //! The adapters use the synchronous [`redis`](https://docs.rs/redis) client
@@ -13,13 +14,21 @@
 //! call them from inside an async task. Everything else reads counters.
 
 mod bridge;
+mod common;
 mod glob;
+mod streams;
 
 use std::time::Duration;
 
 use crate::sync::{Condvar, Mutex};
 
-pub use bridge::{BridgeBuilder, BridgeReport, BridgeStats, RedisBridge, ORIGIN_HEADER};
+pub use bridge::{BridgeBuilder, BridgeReport, BridgeStats, RedisBridge};
+pub use streams::{RedisStreams, StreamStats, StreamsBuilder};
+
+/// The header an imported message carries: the node that published it.
+/// The bridge never exports a message carrying it, so messages do not
+/// bounce between nodes.
+pub const ORIGIN_HEADER: &str = "topicbus-origin";
 
 /// Why an adapter could not start.
 ///

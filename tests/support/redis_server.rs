@@ -1,7 +1,9 @@
 //! A real `redis-server` for the adapter tests: unix socket only (`--port
-//! 0`), no persistence, in a directory of its own; ready when it answers
-//! PING (a condition wait with a deadline). Without the binary the tests
-//! skip loudly, and fail under `CI=true`.
+//! 0`), no persistence (or an fsynced append-only file when durable), in a
+//! directory of its own; ready when it answers PING (a condition wait with a
+//! deadline). Without the binary the tests skip loudly, and fail under
+//! `CI=true`.
+#![allow(dead_code)] // each test binary uses a part
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +14,9 @@ use std::time::{Duration, Instant};
 pub(crate) struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
+    /// Append-only file, fsync on every write: what Redis acknowledged
+    /// survives a kill -9.
+    durable: bool,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -20,6 +25,16 @@ impl RedisServer {
     /// Starts a server, or `None` (with a loud message) when `redis-server`
     /// is not installed and this is not CI.
     pub(crate) fn start() -> Option<Self> {
+        Self::launch(false)
+    }
+
+    /// [`start`](Self::start) with an append-only file fsynced on every
+    /// write (`--appendfsync always`).
+    pub(crate) fn start_durable() -> Option<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(durable: bool) -> Option<Self> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -39,7 +54,11 @@ impl RedisServer {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("server directory");
-        let mut server = Self { dir, child: None };
+        let mut server = Self {
+            dir,
+            child: None,
+            durable,
+        };
         server.spawn();
         Some(server)
     }
@@ -66,16 +85,16 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--unixsocketperm", "700", "--save", ""])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -106,7 +125,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same socket (empty: nothing was persisted).
+    /// Starts it again on the same socket (empty unless durable).
     pub(crate) fn restart(&mut self) {
         self.kill9();
         self.spawn();

@@ -1,0 +1,577 @@
+//! What both Redis adapters share: the settings, the counters, the
+//! outbound writer (outbox → envelopes → pipelined commands), the
+//! deduplication window, the health check.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ::redis::{Client, Connection};
+use serde::Serialize;
+
+use super::{AdapterError, Backoff, Stop, ORIGIN_HEADER};
+use crate::bus::{HealthCheck, HealthIssue, HealthStatus};
+use crate::envelope::Codec;
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::Mutex;
+use crate::{
+    Bus, Message, MessageId, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions,
+};
+
+/// How often the adapter threads look at their stop flag while idle.
+pub(super) const POLL: Duration = Duration::from_millis(50);
+
+/// The field of a stream entry that holds the envelope.
+pub(super) const FIELD: &str = "e";
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) exported: AtomicU64,
+    pub(super) published: AtomicU64,
+    pub(super) no_subscribers: AtomicU64,
+    pub(super) encode_failed: AtomicU64,
+    pub(super) unsent: AtomicU64,
+    pub(super) not_reexported: AtomicU64,
+    pub(super) received: AtomicU64,
+    pub(super) imported: AtomicU64,
+    pub(super) own: AtomicU64,
+    pub(super) filtered: AtomicU64,
+    pub(super) duplicates: AtomicU64,
+    pub(super) forged: AtomicU64,
+    pub(super) malformed: AtomicU64,
+    pub(super) local_rejected: AtomicU64,
+    pub(super) reconnects: AtomicU64,
+    pub(super) outbound_connected: AtomicBool,
+    pub(super) inbound_connected: AtomicBool,
+    /// Streams: entries acknowledged (XACK) after a terminal outcome.
+    pub(super) acked: AtomicU64,
+    /// Streams: entries moved to the dead-letter stream.
+    pub(super) dead_lettered: AtomicU64,
+    /// Streams: entries claimed from idle consumers.
+    pub(super) claimed: AtomicU64,
+    /// Streams: entries whose local outcome did not come in time (left
+    /// pending, redelivered later).
+    pub(super) unconfirmed: AtomicU64,
+}
+
+pub(super) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What the handle, the threads and the health check share.
+pub(super) struct Shared {
+    pub(super) node: Arc<str>,
+    pub(super) counts: Counters,
+    pub(super) stop: Stop,
+    /// Shutdown's deadline for the writer's flush.
+    pub(super) deadline: Mutex<Option<Instant>>,
+    pub(super) last_error: Mutex<Option<String>>,
+    pub(super) done: AtomicBool,
+}
+
+impl Shared {
+    pub(super) fn failed(&self, what: &str, e: &::redis::RedisError) {
+        *self.last_error.lock() = Some(format!("{what}: {e}"));
+    }
+
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock()
+    }
+}
+
+/// An adapter's health: degraded while one of its connections is down.
+pub(super) struct Health {
+    pub(super) shared: Arc<Shared>,
+    /// "redis bridge", "redis streams".
+    pub(super) component: &'static str,
+    /// The names of the outbound and inbound connections.
+    pub(super) links: [&'static str; 2],
+}
+
+impl HealthCheck for Health {
+    fn check(&self) -> Option<HealthIssue> {
+        let s = &self.shared;
+        if s.done.load(Ordering::Acquire) {
+            return None;
+        }
+        let flags = [&s.counts.outbound_connected, &s.counts.inbound_connected];
+        let down: Vec<&str> = self
+            .links
+            .iter()
+            .zip(flags)
+            .filter(|(_, up)| !up.load(Ordering::Relaxed))
+            .map(|(name, _)| *name)
+            .collect();
+        if down.is_empty() {
+            return None;
+        }
+        let why = s
+            .last_error
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "connecting".into());
+        Some(HealthIssue::new(
+            HealthStatus::Degraded,
+            format!("{} {}", self.component, s.node),
+            format!("{} disconnected ({why})", down.join(" and ")),
+        ))
+    }
+}
+
+/// The settings both adapters share.
+#[derive(Debug, Clone)]
+pub(super) struct Common {
+    pub(super) url: String,
+    pub(super) codec: Codec,
+    pub(super) node: Option<String>,
+    pub(super) export: Vec<String>,
+    pub(super) outbox: usize,
+    pub(super) overflow: OverflowPolicy,
+    pub(super) batch: usize,
+    pub(super) dedup: usize,
+    pub(super) backoff: Backoff,
+    pub(super) io_timeout: Duration,
+}
+
+/// The setters of [`Common`], for both builders.
+macro_rules! common_setters {
+    () => {
+        /// This node's id, written into every envelope it sends (default: a
+        /// random `node-<hex>`).
+        pub fn node_id(mut self, id: impl Into<String>) -> Self {
+            self.common.node = Some(id.into());
+            self
+        }
+
+        /// Sends local messages matching `pattern` to Redis.
+        pub fn export(mut self, pattern: impl Into<String>) -> Self {
+            self.common.export.push(pattern.into());
+            self
+        }
+
+        /// Messages each priority lane of the outbox holds while Redis is
+        /// slow or down (default 10,000).
+        pub fn outbox_capacity(mut self, capacity: usize) -> Self {
+            self.common.outbox = capacity;
+            self
+        }
+
+        /// What a full outbox does (default
+        /// [`OverflowPolicy::DropOldest`](crate::OverflowPolicy::DropOldest));
+        /// its drops are counted in the adapter's stats and in the bus's own
+        /// counters. A blocking policy makes publishers wait on Redis:
+        /// allowed, not advised.
+        pub fn outbox_overflow(mut self, policy: crate::OverflowPolicy) -> Self {
+            self.common.overflow = policy;
+            self
+        }
+
+        /// Messages sent per pipeline (default 256).
+        pub fn batch(mut self, batch: usize) -> Self {
+            self.common.batch = batch;
+            self
+        }
+
+        /// Message ids remembered to drop duplicates (default 65,536).
+        pub fn dedup_window(mut self, ids: usize) -> Self {
+            self.common.dedup = ids;
+            self
+        }
+
+        /// Reconnect waits: full-jitter exponential backoff from `base`,
+        /// capped at `cap` (default 50 ms to 5 s).
+        pub fn reconnect_backoff(
+            mut self,
+            base: std::time::Duration,
+            cap: std::time::Duration,
+        ) -> Self {
+            self.common.backoff = super::Backoff { base, cap };
+            self
+        }
+
+        /// Connect, read and write timeout of each Redis call (default 2 s).
+        pub fn io_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.common.io_timeout = timeout;
+            self
+        }
+    };
+}
+pub(super) use common_setters;
+
+impl Common {
+    /// The defaults, for the server at `url`.
+    pub(super) fn new(url: String, codec: Codec) -> Self {
+        Self {
+            url,
+            codec,
+            node: None,
+            export: Vec::new(),
+            outbox: 10_000,
+            overflow: OverflowPolicy::DropOldest,
+            batch: 256,
+            dedup: 65_536,
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                cap: Duration::from_secs(5),
+            },
+            io_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Checks the settings, makes the outbox and starts the writer (when
+    /// there are exports), and registers the health check. The caller
+    /// starts its inbound thread and, if that fails, calls
+    /// [`Running::abort`].
+    pub(super) fn launch<T>(
+        &self,
+        bus: &Bus<T>,
+        sink: Sink,
+        component: &'static str,
+        links: [&'static str; 2],
+    ) -> Result<(Running<T>, Io), AdapterError>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        if self.outbox == 0 || self.batch == 0 || self.dedup == 0 {
+            return Err(AdapterError::Invalid(
+                "outbox capacity, batch and dedup window must be positive",
+            ));
+        }
+        if self.io_timeout.is_zero() || self.backoff.cap.is_zero() {
+            return Err(AdapterError::Invalid(
+                "io timeout and backoff cap must be positive",
+            ));
+        }
+        let client = Client::open(self.url.as_str())?;
+        let exports = parse(&self.export)?;
+        let node: Arc<str> = match &self.node {
+            Some(n) => Arc::from(n.as_str()),
+            None => Arc::from(format!("node-{:016x}", fastrand::u64(..))),
+        };
+        let shared = Arc::new(Shared {
+            node,
+            counts: Counters::default(),
+            stop: Stop::default(),
+            deadline: Mutex::new(None),
+            last_error: Mutex::new(None),
+            done: AtomicBool::new(false),
+        });
+        let io = Io {
+            client,
+            timeout: self.io_timeout,
+            backoff: self.backoff,
+        };
+        let mut running = Running {
+            shared: Arc::clone(&shared),
+            outbox: None,
+            threads: Vec::new(),
+        };
+        if exports.is_empty() {
+            // Nothing to send: the outbound side counts as up.
+            shared
+                .counts
+                .outbound_connected
+                .store(true, Ordering::Relaxed);
+        } else {
+            let mut options = SubscribeOptions::new()
+                .capacity(self.outbox)
+                .overflow(self.overflow);
+            for p in exports {
+                options = options.pattern(p);
+            }
+            let rx = Arc::new(bus.receiver_with(options)?);
+            let writer = Writer {
+                rx: Arc::clone(&rx),
+                io: io.clone(),
+                shared: Arc::clone(&shared),
+                codec: self.codec.clone(),
+                sink,
+                batch: self.batch,
+            };
+            running.outbox = Some(rx);
+            running.threads.push(
+                std::thread::Builder::new()
+                    .name("topicbus-redis-out".into())
+                    .spawn(move || writer.run())?,
+            );
+        }
+        bus.add_health_check(Arc::new(Health {
+            shared,
+            component,
+            links,
+        }));
+        Ok((running, io))
+    }
+}
+
+/// Parses patterns.
+pub(super) fn parse(patterns: &[String]) -> Result<Vec<Pattern>, AdapterError> {
+    patterns
+        .iter()
+        .map(|p| Pattern::parse(p).map_err(AdapterError::from))
+        .collect()
+}
+
+/// A started adapter's threads and outbox.
+pub(super) struct Running<T: Send + Sync + 'static> {
+    pub(super) shared: Arc<Shared>,
+    pub(super) outbox: Option<Arc<Receiver<T>>>,
+    pub(super) threads: Vec<JoinHandle<()>>,
+}
+
+impl<T: Send + Sync + 'static> Running<T> {
+    /// Starts an adapter thread; on failure stops the others.
+    pub(super) fn spawn(
+        &mut self,
+        name: &str,
+        run: impl FnOnce() + Send + 'static,
+    ) -> Result<(), AdapterError> {
+        match std::thread::Builder::new().name(name.into()).spawn(run) {
+            Ok(h) => {
+                self.threads.push(h);
+                Ok(())
+            }
+            Err(e) => {
+                self.stop(Duration::ZERO);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Stops the threads (the writer flushes until `timeout`) and joins
+    /// them; the health check goes quiet.
+    pub(super) fn stop(&mut self, timeout: Duration) {
+        *self.shared.deadline.lock() = Some(Instant::now() + timeout);
+        self.shared.stop.stop();
+        for h in self.threads.drain(..) {
+            // An adapter thread that panicked has nothing more to report.
+            let _ = h.join();
+        }
+        self.shared.done.store(true, Ordering::Release);
+    }
+
+    /// The outbox's drops and depth.
+    pub(super) fn outbox_numbers(&self) -> (u64, usize) {
+        self.outbox.as_ref().map_or((0, 0), |rx| {
+            let s = rx.stats();
+            (s.counts.dropped.total(), s.queued.iter().sum())
+        })
+    }
+}
+
+/// What both threads need to reach Redis.
+#[derive(Clone)]
+pub(super) struct Io {
+    pub(super) client: Client,
+    pub(super) timeout: Duration,
+    pub(super) backoff: Backoff,
+}
+
+impl Io {
+    pub(super) fn connect(&self) -> ::redis::RedisResult<Connection> {
+        let con = self.client.get_connection_with_timeout(self.timeout)?;
+        con.set_read_timeout(Some(self.timeout))?;
+        con.set_write_timeout(Some(self.timeout))?;
+        Ok(con)
+    }
+}
+
+/// Where a [`Writer`] sends.
+#[derive(Debug, Clone)]
+pub(super) enum Sink {
+    /// `PUBLISH <prefix><topic>`.
+    Publish { prefix: String },
+    /// `XADD <key> MAXLEN ~ <maxlen> * e <envelope>`.
+    Stream { key: String, maxlen: usize },
+}
+
+/// The outbound side: outbox → envelopes → pipelined `PUBLISH` or `XADD`.
+pub(super) struct Writer<T: Send + Sync + 'static> {
+    pub(super) rx: Arc<Receiver<T>>,
+    pub(super) io: Io,
+    pub(super) shared: Arc<Shared>,
+    pub(super) codec: Codec,
+    pub(super) sink: Sink,
+    pub(super) batch: usize,
+}
+
+impl<T: Serialize + Send + Sync + 'static> Writer<T> {
+    pub(super) fn run(self) {
+        let c = &self.shared.counts;
+        let mut con: Option<Connection> = None;
+        let mut pending: Vec<(String, Vec<u8>)> = Vec::with_capacity(self.batch);
+        let mut failures = 0u32;
+        loop {
+            let stopping = self.shared.stop.is_stopped();
+            if stopping && self.shared.deadline().is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            if pending.is_empty() {
+                let first = if stopping {
+                    self.rx.try_recv().ok()
+                } else {
+                    match self.rx.recv_timeout(POLL) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        // The bus shut down and the outbox is empty.
+                        Err(RecvTimeoutError::Closed) => break,
+                    }
+                };
+                let Some(first) = first else {
+                    // Stopping, and the outbox is empty: flushed.
+                    break;
+                };
+                self.take(&first, &mut pending);
+                while pending.len() < self.batch {
+                    match self.rx.try_recv() {
+                        Ok(m) => self.take(&m, &mut pending),
+                        Err(_) => break,
+                    }
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+            }
+            match self.send(&mut con, &pending) {
+                Ok(counts) => {
+                    add(&c.published, pending.len() as u64);
+                    let nobody = counts
+                        .iter()
+                        .filter(|v| matches!(v, ::redis::Value::Int(0)))
+                        .count();
+                    add(&c.no_subscribers, nobody as u64);
+                    pending.clear();
+                    failures = 0;
+                }
+                Err(e) => {
+                    if con.take().is_some() {
+                        add(&c.reconnects, 1);
+                    }
+                    c.outbound_connected.store(false, Ordering::Relaxed);
+                    self.shared.failed("outbound", &e);
+                    failures = failures.saturating_add(1);
+                    self.pause(self.io.backoff.delay(failures));
+                }
+            }
+        }
+        // Left behind at the deadline: the unsent batch (already counted
+        // as exported) and the outbox.
+        let mut left = 0;
+        while self.rx.try_recv().is_ok() {
+            left += 1;
+        }
+        add(&c.exported, left);
+        add(&c.unsent, left + pending.len() as u64);
+    }
+
+    /// Waits `d`, or until shutdown's deadline when stopping.
+    fn pause(&self, d: Duration) {
+        if !self.shared.stop.wait(d) {
+            return;
+        }
+        let until = self.shared.deadline().unwrap_or_else(Instant::now);
+        let left = until.saturating_duration_since(Instant::now());
+        std::thread::sleep(d.min(left));
+    }
+
+    /// Encodes one outbox message into the batch.
+    fn take(&self, m: &Message<T>, pending: &mut Vec<(String, Vec<u8>)>) {
+        let c = &self.shared.counts;
+        if m.headers().contains(ORIGIN_HEADER) {
+            add(&c.not_reexported, 1);
+            return;
+        }
+        add(&c.exported, 1);
+        match self.codec.encode(m, &self.shared.node) {
+            Ok(bytes) => {
+                let key = match &self.sink {
+                    Sink::Publish { prefix } => format!("{prefix}{}", m.topic()),
+                    Sink::Stream { key, .. } => key.clone(),
+                };
+                pending.push((key, bytes));
+            }
+            Err(_) => add(&c.encode_failed, 1),
+        }
+    }
+
+    fn send(
+        &self,
+        con: &mut Option<Connection>,
+        pending: &[(String, Vec<u8>)],
+    ) -> ::redis::RedisResult<Vec<::redis::Value>> {
+        if con.is_none() {
+            *con = Some(self.io.connect()?);
+            self.shared
+                .counts
+                .outbound_connected
+                .store(true, Ordering::Relaxed);
+        }
+        let Some(con) = con.as_mut() else {
+            unreachable!("connected above")
+        };
+        let mut pipe = ::redis::pipe();
+        for (key, bytes) in pending {
+            match &self.sink {
+                Sink::Publish { .. } => pipe.cmd("PUBLISH").arg(key).arg(bytes.as_slice()),
+                Sink::Stream { maxlen, .. } => pipe
+                    .cmd("XADD")
+                    .arg(key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(*maxlen)
+                    .arg("*")
+                    .arg(FIELD)
+                    .arg(bytes.as_slice()),
+            };
+        }
+        pipe.query(con)
+    }
+}
+
+/// The last `cap` message ids seen.
+pub(super) struct Window {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+    cap: usize,
+}
+
+impl Window {
+    pub(super) fn new(cap: usize) -> Self {
+        Self {
+            set: HashSet::with_capacity(cap.min(1 << 16)),
+            order: VecDeque::with_capacity(cap.min(1 << 16)),
+            cap,
+        }
+    }
+
+    /// False when `id` is in the window; else remembers it.
+    pub(super) fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_forgets_the_oldest_first() {
+        let ids: Vec<MessageId> = (0..4).map(|_| MessageId::new()).collect();
+        let mut w = Window::new(2);
+        assert!(w.insert(ids[0]) && w.insert(ids[1]));
+        assert!(!w.insert(ids[0]) && !w.insert(ids[1]));
+        assert!(w.insert(ids[2]));
+        assert!(w.insert(ids[0]), "the oldest was forgotten");
+        assert!(!w.insert(ids[2]));
+    }
+}
