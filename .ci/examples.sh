@@ -11,3 +11,4 @@ cargo run --release --example error_handling
 cargo run --release --example request_reply
 cargo run --release --example order_processing
 cargo run --release --example metrics --features prometheus
+cargo run --release --example redis_bridge --features redis

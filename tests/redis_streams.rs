@@ -164,6 +164,116 @@ fn a_group_splits_the_stream_and_handles_each_entry_once() {
     assert_eq!(pending(&server, "a") + pending(&server, "b"), 0);
 }
 
+/// Waits until the Redis list `key` has at least `n` items.
+fn wait_list(url: &str, key: &str, n: usize) {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    wait_until(key, || {
+        redis::cmd("LLEN")
+            .arg(key)
+            .query::<usize>(&mut con)
+            .unwrap()
+            >= n
+    });
+}
+
+/// A handler's effect: the payload pushed to the shared list `effects`
+/// and to the member's own list `mine`.
+fn effect(url: &str, mine: &str, payload: &str) {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let _: () = redis::pipe()
+        .cmd("RPUSH")
+        .arg("effects")
+        .arg(payload)
+        .cmd("RPUSH")
+        .arg(mine)
+        .arg(payload)
+        .query(&mut con)
+        .unwrap();
+}
+
+/// A group member in another process: its handler's effect is an `RPUSH`
+/// to the shared list `effects`; its first call waits until the other
+/// member (the parent) handled something, so both take part. Runs only
+/// when started by the test below.
+#[test]
+fn group_member_process() {
+    let Ok(url) = std::env::var("TB_GROUP_CHILD") else {
+        return;
+    };
+    let bus = bus();
+    let u = url.clone();
+    let first = std::sync::Once::new();
+    let _s = bus
+        .subscribe("jobs.#", move |m: &Message<String>| {
+            first.call_once(|| wait_list(&u, "by-parent", 1));
+            effect(&u, "by-child", m.payload());
+        })
+        .unwrap();
+    let streams = streams(&url, "child")
+        .consume("workers")
+        .count(10)
+        .start(&bus)
+        .unwrap();
+    wait_list(&url, "effects", 1000);
+    let s = streams.shutdown(LONG);
+    assert_eq!(s.forged + s.malformed, 0);
+}
+
+#[test]
+fn a_group_split_across_two_processes_has_each_effect_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    produce(&url, 1000);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "group_member_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TB_GROUP_CHILD", &url)
+        .spawn()
+        .unwrap();
+    // The child holds its first batch until the parent handled something.
+    wait_until("the child to take a batch", || {
+        pending(&server, "child") > 0
+    });
+    let b = bus();
+    let u = url.clone();
+    let _s = b
+        .subscribe("jobs.#", move |m: &Message<String>| {
+            effect(&u, "by-parent", m.payload());
+        })
+        .unwrap();
+    let sb = streams(&url, "parent")
+        .consume("workers")
+        .count(10)
+        .start(&b)
+        .unwrap();
+    wait_list(&url, "effects", 1000);
+    assert!(child.wait().unwrap().success(), "the child failed");
+    sb.shutdown(LONG);
+    let mut con = server.connection();
+    let effects: Vec<String> = redis::cmd("LRANGE")
+        .arg("effects")
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    let unique: HashSet<&String> = effects.iter().collect();
+    assert_eq!(
+        (effects.len(), unique.len()),
+        (1000, 1000),
+        "each effect once"
+    );
+    let mut by = |k: &str| redis::cmd("LLEN").arg(k).query::<usize>(&mut con).unwrap();
+    let (p, c) = (by("by-parent"), by("by-child"));
+    assert!(p > 0 && c > 0 && p + c == 1000, "parent {p}, child {c}");
+    assert_eq!(pending(&server, "parent") + pending(&server, "child"), 0);
+}
+
 /// A consumer process that takes entries and never finishes them: killed
 /// by the test below. Runs only when started by it.
 #[test]
@@ -326,7 +436,26 @@ fn a_killed_server_loses_nothing_the_stream_accepted() {
         !producer.stats().producer_connected
     });
     server.restart();
-    wait_until("every job handled", || seen.lock().unwrap().len() >= 1000);
+    let start = std::time::Instant::now();
+    while seen.lock().unwrap().len() < 1000 {
+        // On a timeout, say what is missing and where things stand.
+        if start.elapsed() > LONG {
+            let got = seen.lock().unwrap().clone();
+            let missing: Vec<&String> = sent.iter().filter(|s| !got.contains(s)).collect();
+            let mut con = server.connection();
+            let groups: redis::Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(KEY)
+                .query(&mut con)
+                .unwrap();
+            panic!(
+                "missing {missing:?}\nproducer {:?}\nconsumer {:?}\ngroups {groups:?}",
+                producer.stats(),
+                consumer.stats()
+            );
+        }
+        std::thread::yield_now();
+    }
     let (ps, cs) = (producer.shutdown(LONG), consumer.shutdown(LONG));
     // The ledger: nothing lost, nothing handled twice, nothing unexpected.
     let got = seen.lock().unwrap().clone();

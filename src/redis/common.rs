@@ -17,6 +17,7 @@ use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Mutex;
 use crate::{
     Bus, Message, MessageId, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions,
+    TryRecvError,
 };
 
 /// How often the adapter threads look at their stop flag while idle.
@@ -396,73 +397,118 @@ pub(super) struct Writer<T: Send + Sync + 'static> {
     pub(super) batch: usize,
 }
 
+/// A batch of (key, envelope) to send.
+type Batch = Vec<(String, Vec<u8>)>;
+
+/// What [`Writer::fill`] found.
+enum Fill {
+    /// Messages (maybe none: nothing came in time).
+    Some,
+    /// The outbox is empty for good: the bus shut down, or the adapter is
+    /// stopping.
+    Closed,
+}
+
 impl<T: Serialize + Send + Sync + 'static> Writer<T> {
+    /// Sends the outbox's messages in pipelines of up to `batch`, two in
+    /// flight: while Redis works through one, the next is taken and
+    /// encoded. A failed pipeline is sent again (with the one after it)
+    /// once a new connection is up: its receivers may see a message twice
+    /// and drop the copy by id.
     pub(super) fn run(self) {
         let c = &self.shared.counts;
         let mut con: Option<Connection> = None;
-        let mut pending: Vec<(String, Vec<u8>)> = Vec::with_capacity(self.batch);
+        let mut pending: Batch = Vec::with_capacity(self.batch);
+        let mut in_flight: Batch = Vec::with_capacity(self.batch);
         let mut failures = 0u32;
+        let mut closed = false;
         loop {
             let stopping = self.shared.stop.is_stopped();
             if stopping && self.shared.deadline().is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            if pending.is_empty() {
-                let first = if stopping {
-                    self.rx.try_recv().ok()
-                } else {
-                    match self.rx.recv_timeout(POLL) {
-                        Ok(m) => Some(m),
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        // The bus shut down and the outbox is empty.
-                        Err(RecvTimeoutError::Closed) => break,
-                    }
-                };
-                let Some(first) = first else {
-                    // Stopping, and the outbox is empty: flushed.
-                    break;
-                };
-                self.take(&first, &mut pending);
-                while pending.len() < self.batch {
-                    match self.rx.try_recv() {
-                        Ok(m) => self.take(&m, &mut pending),
-                        Err(_) => break,
-                    }
-                }
-                if pending.is_empty() {
-                    continue;
+            if pending.is_empty() && !closed {
+                // Wait for messages only when nothing is in flight.
+                let wait = in_flight.is_empty() && !stopping;
+                if let Fill::Closed = self.fill(&mut pending, wait, stopping) {
+                    closed = true;
                 }
             }
-            match self.send(&mut con, &pending) {
-                Ok(counts) => {
-                    add(&c.published, pending.len() as u64);
-                    let nobody = counts
-                        .iter()
-                        .filter(|v| matches!(v, ::redis::Value::Int(0)))
-                        .count();
-                    add(&c.no_subscribers, nobody as u64);
-                    pending.clear();
-                    failures = 0;
-                }
-                Err(e) => {
-                    if con.take().is_some() {
-                        add(&c.reconnects, 1);
+            if !in_flight.is_empty() {
+                match self.finish(&mut con, &in_flight) {
+                    Ok(nobody) => {
+                        add(&c.published, in_flight.len() as u64);
+                        add(&c.no_subscribers, nobody);
+                        in_flight.clear();
+                        failures = 0;
                     }
-                    c.outbound_connected.store(false, Ordering::Relaxed);
-                    self.shared.failed("outbound", &e);
-                    failures = failures.saturating_add(1);
-                    self.pause(self.io.backoff.delay(failures));
+                    Err(e) => {
+                        self.failed(&mut con, &e, &mut failures);
+                        // Everything again, in order.
+                        in_flight.append(&mut pending);
+                        std::mem::swap(&mut in_flight, &mut pending);
+                        continue;
+                    }
                 }
+            }
+            if pending.is_empty() {
+                if closed {
+                    break;
+                }
+                continue;
+            }
+            match self.start(&mut con, &pending) {
+                Ok(()) => std::mem::swap(&mut in_flight, &mut pending),
+                Err(e) => self.failed(&mut con, &e, &mut failures),
             }
         }
-        // Left behind at the deadline: the unsent batch (already counted
-        // as exported) and the outbox.
+        // Left behind at the deadline: the batches (already counted as
+        // exported; one in flight may have reached Redis) and the outbox.
         let mut left = 0;
         while self.rx.try_recv().is_ok() {
             left += 1;
         }
         add(&c.exported, left);
-        add(&c.unsent, left + pending.len() as u64);
+        add(&c.unsent, left + (pending.len() + in_flight.len()) as u64);
+    }
+
+    /// Takes and encodes up to a batch from the outbox; waits for the
+    /// first message when `wait`.
+    fn fill(&self, pending: &mut Batch, wait: bool, stopping: bool) -> Fill {
+        let first = if wait {
+            match self.rx.recv_timeout(POLL) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => return Fill::Some,
+                Err(RecvTimeoutError::Closed) => return Fill::Closed,
+            }
+        } else {
+            match self.rx.try_recv() {
+                Ok(m) => m,
+                // Stopping and empty: flushed.
+                Err(TryRecvError::Empty) if !stopping => return Fill::Some,
+                Err(_) => return Fill::Closed,
+            }
+        };
+        self.take(&first, pending);
+        while pending.len() < self.batch {
+            match self.rx.try_recv() {
+                Ok(m) => self.take(&m, pending),
+                Err(_) => break,
+            }
+        }
+        Fill::Some
+    }
+
+    /// A pipeline failed: drop the connection, note why, wait.
+    fn failed(&self, con: &mut Option<Connection>, e: &::redis::RedisError, failures: &mut u32) {
+        let c = &self.shared.counts;
+        if con.take().is_some() {
+            add(&c.reconnects, 1);
+        }
+        c.outbound_connected.store(false, Ordering::Relaxed);
+        self.shared.failed("outbound", e);
+        *failures = failures.saturating_add(1);
+        self.pause(self.io.backoff.delay(*failures));
     }
 
     /// Waits `d`, or until shutdown's deadline when stopping.
@@ -476,7 +522,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
     }
 
     /// Encodes one outbox message into the batch.
-    fn take(&self, m: &Message<T>, pending: &mut Vec<(String, Vec<u8>)>) {
+    fn take(&self, m: &Message<T>, pending: &mut Batch) {
         let c = &self.shared.counts;
         if m.headers().contains(ORIGIN_HEADER) {
             add(&c.not_reexported, 1);
@@ -495,11 +541,9 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
         }
     }
 
-    fn send(
-        &self,
-        con: &mut Option<Connection>,
-        pending: &[(String, Vec<u8>)],
-    ) -> ::redis::RedisResult<Vec<::redis::Value>> {
+    /// Writes the pipeline for `batch` (connecting first if need be);
+    /// its replies are read by [`finish`](Self::finish).
+    fn start(&self, con: &mut Option<Connection>, batch: &Batch) -> ::redis::RedisResult<()> {
         if con.is_none() {
             *con = Some(self.io.connect()?);
             self.shared
@@ -511,7 +555,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             unreachable!("connected above")
         };
         let mut pipe = ::redis::pipe();
-        for (key, bytes) in pending {
+        for (key, bytes) in batch {
             match &self.sink {
                 Sink::Publish { .. } => pipe.cmd("PUBLISH").arg(key).arg(bytes.as_slice()),
                 Sink::Stream { maxlen, .. } => pipe
@@ -525,7 +569,27 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
                     .arg(bytes.as_slice()),
             };
         }
-        pipe.query(con)
+        con.send_packed_command(&pipe.get_packed_pipeline())
+    }
+
+    /// Reads the replies to the pipeline [`start`](Self::start) wrote;
+    /// returns how many `PUBLISH`es reached no subscriber.
+    fn finish(&self, con: &mut Option<Connection>, batch: &Batch) -> ::redis::RedisResult<u64> {
+        let Some(con) = con.as_mut() else {
+            return Err(::redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::NotConnected,
+            )));
+        };
+        let mut nobody = 0;
+        for _ in batch {
+            // An error reply (`LOADING` from a server still reading its
+            // append-only file, say) fails the batch: the connection is
+            // dropped and everything sent again.
+            if let ::redis::Value::Int(0) = con.recv_response()?.extract_error()? {
+                nobody += 1;
+            }
+        }
+        Ok(nobody)
     }
 }
 

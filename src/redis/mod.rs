@@ -7,10 +7,38 @@
 //! on threads they own: no async runtime, and a slow or absent Redis never
 //! blocks a publisher (see [`RedisBridge`]).
 //!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use topicbus::envelope::{Codec, KeyRing};
+//! use topicbus::redis::{RedisBridge, RedisStreams};
+//! use topicbus::Bus;
+//!
+//! let bus = Bus::<String>::builder().build()?;
+//! let codec = Codec::signed(KeyRing::new("2026-11", std::env::var("TOPICBUS_KEY")?)?);
+//! // Each order is handled by one member of "billing", in whichever process.
+//! let orders = RedisStreams::builder("redis://127.0.0.1/", codec.clone(), "orders")
+//!     .export("orders.#")
+//!     .consume("billing")
+//!     .start(&bus)?;
+//! // Cache invalidations reach every connected process.
+//! let caches = RedisBridge::builder("redis://127.0.0.1/", codec)
+//!     .export("cache.invalidate.#")
+//!     .import("cache.invalidate.#")
+//!     .start(&bus)?;
+//! // ... publish and subscribe on `bus` as usual ...
+//! caches.shutdown(Duration::from_secs(5));
+//! orders.shutdown(Duration::from_secs(5));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Blocking
 //!
-//! [`BridgeBuilder::start`] and [`RedisBridge::shutdown`] block (the first
-//! until its threads run, the second until it flushed or timed out); do not
+//! [`BridgeBuilder::start`], [`StreamsBuilder::start`],
+//! [`RedisBridge::shutdown`] and [`RedisStreams::shutdown`] block (the
+//! starts until their threads run, the shutdowns until they flushed or
+//! timed out), as does dropping an adapter (a one-second flush); do not
 //! call them from inside an async task. Everything else reads counters.
 
 mod bridge;

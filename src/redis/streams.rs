@@ -326,7 +326,9 @@ impl<T: Send + Sync + 'static> RedisStreams<T> {
     /// Stops consuming (entries read and not yet settled stay pending, for
     /// this consumer's next start or another member), adds what the outbox
     /// holds until it is empty or `timeout` passes, joins the threads, and
-    /// returns the final counters (`unsent` is what was left). Blocks.
+    /// returns the final counters (`unsent` is what was left). Blocks: up
+    /// to `timeout` for the outbox, and up to the handler timeout for a
+    /// batch whose local outcomes are still coming in.
     pub fn shutdown(mut self, timeout: Duration) -> StreamStats {
         self.stop(timeout)
     }
