@@ -325,8 +325,11 @@ fn a_killed_consumers_pending_entries_are_claimed_by_another() {
 
     let b = bus();
     let (seen, _sub) = record(&b);
+    // Pages of ten: the janitor claims the dead member's backlog page by
+    // page.
     let sb = streams(&url, "b")
         .consume("workers")
+        .count(10)
         .visibility_timeout(Duration::from_millis(100))
         .start(&b)
         .unwrap();

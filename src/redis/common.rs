@@ -398,7 +398,8 @@ pub(super) struct Writer<T: Send + Sync + 'static> {
 }
 
 /// A batch of (key, envelope) to send.
-type Batch = Vec<(String, Vec<u8>)>;
+/// The channel (`PUBLISH`; a stream's key is the sink's) and the envelope.
+type Batch = Vec<(Option<String>, Vec<u8>)>;
 
 /// What [`Writer::fill`] found.
 enum Fill {
@@ -531,11 +532,11 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
         add(&c.exported, 1);
         match self.codec.encode(m, &self.shared.node) {
             Ok(bytes) => {
-                let key = match &self.sink {
-                    Sink::Publish { prefix } => format!("{prefix}{}", m.topic()),
-                    Sink::Stream { key, .. } => key.clone(),
+                let channel = match &self.sink {
+                    Sink::Publish { prefix } => Some(format!("{prefix}{}", m.topic())),
+                    Sink::Stream { .. } => None,
                 };
-                pending.push((key, bytes));
+                pending.push((channel, bytes));
             }
             Err(_) => add(&c.encode_failed, 1),
         }
@@ -555,12 +556,12 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             unreachable!("connected above")
         };
         let mut pipe = ::redis::pipe();
-        for (key, bytes) in batch {
+        for (channel, bytes) in batch {
             match &self.sink {
-                Sink::Publish { .. } => pipe.cmd("PUBLISH").arg(key).arg(bytes.as_slice()),
-                Sink::Stream { maxlen, .. } => pipe
+                Sink::Publish { .. } => pipe.cmd("PUBLISH").arg(channel).arg(bytes.as_slice()),
+                Sink::Stream { key, maxlen } => pipe
                     .cmd("XADD")
-                    .arg(key)
+                    .arg(&**key)
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(*maxlen)

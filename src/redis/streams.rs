@@ -605,19 +605,28 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Consumer<T> {
             }
         }
         self.ack(con, &buried)?;
-        let claimed: StreamAutoClaimReply = ::redis::cmd("XAUTOCLAIM")
-            .arg(&self.key)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(idle)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(self.count)
-            .query(con)?;
-        add(&self.shared.counts.claimed, claimed.claimed.len() as u64);
-        // Entries trimmed away while pending come back as deleted ids:
-        // nothing to deliver, nothing left to acknowledge.
-        self.process(con, claimed.claimed)
+        // Claim page by page until the scan wraps (a dead member's whole
+        // backlog, not one page per janitor run).
+        let mut from = String::from("0-0");
+        loop {
+            let claimed: StreamAutoClaimReply = ::redis::cmd("XAUTOCLAIM")
+                .arg(&self.key)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(idle)
+                .arg(&from)
+                .arg("COUNT")
+                .arg(self.count)
+                .query(con)?;
+            add(&self.shared.counts.claimed, claimed.claimed.len() as u64);
+            // Entries trimmed away while pending come back as deleted ids:
+            // nothing to deliver, nothing left to acknowledge.
+            self.process(con, claimed.claimed)?;
+            if claimed.next_stream_id == "0-0" || self.shared.stop.is_stopped() {
+                return Ok(());
+            }
+            from = claimed.next_stream_id;
+        }
     }
 }
 
