@@ -403,8 +403,9 @@ type Batch = Vec<(Option<String>, Vec<u8>)>;
 
 /// What [`Writer::fill`] found.
 enum Fill {
-    /// Messages (maybe none: nothing came in time).
-    Some,
+    /// The outbox is open: messages taken (maybe none, if nothing came in
+    /// time).
+    Open,
     /// The outbox is empty for good: the bus shut down, or the adapter is
     /// stopping.
     Closed,
@@ -479,14 +480,14 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
         let first = if wait {
             match self.rx.recv_timeout(POLL) {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => return Fill::Some,
+                Err(RecvTimeoutError::Timeout) => return Fill::Open,
                 Err(RecvTimeoutError::Closed) => return Fill::Closed,
             }
         } else {
             match self.rx.try_recv() {
                 Ok(m) => m,
                 // Stopping and empty: flushed.
-                Err(TryRecvError::Empty) if !stopping => return Fill::Some,
+                Err(TryRecvError::Empty) if !stopping => return Fill::Open,
                 Err(_) => return Fill::Closed,
             }
         };
@@ -497,7 +498,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
                 Err(_) => break,
             }
         }
-        Fill::Some
+        Fill::Open
     }
 
     /// A pipeline failed: drop the connection, note why, wait.
