@@ -8,11 +8,10 @@ mod redis_server;
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{wait_until, LONG};
-use redis_server::RedisServer;
+use redis_server::{spawn_peer, RedisServer};
 use topicbus::envelope::{Codec, Encoding, KeyRing};
 use topicbus::redis::{BridgeBuilder, RedisBridge, ORIGIN_HEADER};
 use topicbus::{Bus, Message, Receiver};
@@ -200,16 +199,7 @@ fn two_processes_talk_through_redis() {
         .unwrap();
     wait_subscribed(&bridge);
     let pongs = bus.receiver("pong.#").unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_peer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TB_REDIS_CHILD", server.url())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_peer("child_process_peer", "TB_REDIS_CHILD", &server.url());
     assert_eq!(recv(&pongs).topic().as_str(), "pong.ready");
     for n in 0..100 {
         bus.publish(format!("ping.{n}").as_str(), format!("payload {n}"))

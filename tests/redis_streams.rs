@@ -9,12 +9,11 @@ mod redis_server;
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use common::{wait_until, LONG};
-use redis_server::RedisServer;
+use redis_server::{spawn_peer, RedisServer};
 use topicbus::envelope::{Codec, KeyRing};
 use topicbus::redis::{RedisStreams, StreamsBuilder, ORIGIN_HEADER};
 use topicbus::{Bus, Message};
@@ -226,16 +225,7 @@ fn a_group_split_across_two_processes_has_each_effect_once() {
     };
     let url = server.url();
     produce(&url, 1000);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "group_member_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TB_GROUP_CHILD", &url)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_peer("group_member_process", "TB_GROUP_CHILD", &url);
     // The child holds its first batch until the parent handled something.
     wait_until("the child to take a batch", || {
         pending(&server, "child") > 0
@@ -305,16 +295,7 @@ fn a_killed_consumers_pending_entries_are_claimed_by_another() {
     };
     let url = server.url();
     produce(&url, 100);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "stuck_consumer_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TB_STREAM_CHILD", &url)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_peer("stuck_consumer_process", "TB_STREAM_CHILD", &url);
     wait_until("the child to take a batch", || {
         pending(&server, "stuck") > 0
     });

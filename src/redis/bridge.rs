@@ -9,7 +9,9 @@ use ::redis::Msg;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::common::{add, common_setters, Common, Io, Running, Shared, Sink, Window, POLL};
+use super::common::{
+    add, common_setters, serve_inbound, Common, Io, Running, Shared, Sink, Window, POLL,
+};
 use super::{glob, AdapterError, ORIGIN_HEADER};
 use crate::envelope::Codec;
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -324,32 +326,14 @@ struct Reader<T: Send + Sync + 'static> {
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
     fn run(mut self) {
-        let mut failures = 0u32;
-        while !self.shared.stop.is_stopped() {
-            match self.session(&mut failures) {
-                Ok(()) => break,
-                Err(e) => {
-                    let c = &self.shared.counts;
-                    if c.inbound_connected.swap(false, Ordering::Relaxed) {
-                        add(&c.reconnects, 1);
-                    }
-                    self.shared.failed("inbound", &e);
-                    failures = failures.saturating_add(1);
-                    if self.shared.stop.wait(self.io.backoff.delay(failures)) {
-                        break;
-                    }
-                }
-            }
-        }
-        self.shared
-            .counts
-            .inbound_connected
-            .store(false, Ordering::Relaxed);
+        let shared = Arc::clone(&self.shared);
+        let backoff = self.io.backoff;
+        serve_inbound(&shared, backoff, "inbound", || self.session());
     }
 
     /// One connection's life: subscribe, then read until stopped (`Ok`) or
     /// the connection fails (`Err`).
-    fn session(&mut self, failures: &mut u32) -> ::redis::RedisResult<()> {
+    fn session(&mut self) -> ::redis::RedisResult<()> {
         let mut con = self.io.connect()?;
         let mut sub = con.as_pubsub();
         sub.psubscribe(&self.globs)?;
@@ -358,7 +342,6 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Reader<T> {
             .counts
             .inbound_connected
             .store(true, Ordering::Relaxed);
-        *failures = 0;
         while !self.shared.stop.is_stopped() {
             match sub.get_message() {
                 Ok(msg) => self.handle(&msg),

@@ -120,6 +120,37 @@ impl HealthCheck for Health {
     }
 }
 
+/// Runs an adapter's inbound side until it stops: `session` makes a
+/// connection and reads until stopped (`Ok`) or the connection fails
+/// (`Err`); it marks `inbound_connected` once it is ready. After a failure
+/// the side counts as down, and the next session starts after a full-jitter
+/// backoff that grows with the failures since the last good connection.
+pub(super) fn serve_inbound(
+    shared: &Shared,
+    backoff: Backoff,
+    what: &str,
+    mut session: impl FnMut() -> ::redis::RedisResult<()>,
+) {
+    let c = &shared.counts;
+    let mut failures = 0u32;
+    while !shared.stop.is_stopped() {
+        let Err(e) = session() else {
+            break;
+        };
+        if c.inbound_connected.swap(false, Ordering::Relaxed) {
+            // It had connected: a reconnect, and the backoff starts over.
+            add(&c.reconnects, 1);
+            failures = 0;
+        }
+        shared.failed(what, &e);
+        failures = failures.saturating_add(1);
+        if shared.stop.wait(backoff.delay(failures)) {
+            break;
+        }
+    }
+    c.inbound_connected.store(false, Ordering::Relaxed);
+}
+
 /// The settings both adapters share.
 #[derive(Debug, Clone)]
 pub(super) struct Common {

@@ -11,7 +11,9 @@ use ::redis::{Connection, RedisResult, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::common::{add, common_setters, Common, Io, Running, Shared, Sink, Window, FIELD};
+use super::common::{
+    add, common_setters, serve_inbound, Common, Io, Running, Shared, Sink, Window, FIELD,
+};
 use super::AdapterError;
 use crate::bus::Tracked;
 use crate::envelope::Codec;
@@ -383,32 +385,14 @@ struct Consumer<T: Send + Sync + 'static> {
 
 impl<T: DeserializeOwned + Send + Sync + 'static> Consumer<T> {
     fn run(mut self) {
-        let mut failures = 0u32;
-        while !self.shared.stop.is_stopped() {
-            match self.session(&mut failures) {
-                Ok(()) => break,
-                Err(e) => {
-                    let c = &self.shared.counts;
-                    if c.inbound_connected.swap(false, Ordering::Relaxed) {
-                        add(&c.reconnects, 1);
-                    }
-                    self.shared.failed("consumer", &e);
-                    failures = failures.saturating_add(1);
-                    if self.shared.stop.wait(self.io.backoff.delay(failures)) {
-                        break;
-                    }
-                }
-            }
-        }
-        self.shared
-            .counts
-            .inbound_connected
-            .store(false, Ordering::Relaxed);
+        let shared = Arc::clone(&self.shared);
+        let backoff = self.io.backoff;
+        serve_inbound(&shared, backoff, "consumer", || self.session());
     }
 
     /// One connection: make the group, read the own pending entries, then
     /// new ones, with the janitor every half visibility timeout.
-    fn session(&mut self, failures: &mut u32) -> RedisResult<()> {
+    fn session(&mut self) -> RedisResult<()> {
         let mut con = self.io.connect()?;
         let created: RedisResult<()> = ::redis::cmd("XGROUP")
             .arg("CREATE")
@@ -426,7 +410,6 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Consumer<T> {
             .counts
             .inbound_connected
             .store(true, Ordering::Relaxed);
-        *failures = 0;
         // Own pending entries first (a restart, a lost connection), then new.
         let mut cursor = String::from("0");
         while !self.shared.stop.is_stopped() {
@@ -472,9 +455,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Consumer<T> {
         if entries.is_empty() {
             return Ok(());
         }
-        let shared = Arc::clone(&self.shared);
-        let c = &shared.counts;
-        add(&c.received, entries.len() as u64);
+        add(&self.shared.counts.received, entries.len() as u64);
         let mut ack: Vec<String> = Vec::with_capacity(entries.len());
         let mut waiting: Vec<(String, Tracked)> = Vec::new();
         let mut dead: Vec<(StreamId, &'static str)> = Vec::new();
@@ -491,7 +472,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Consumer<T> {
             if tracked.wait(deadline).complete {
                 ack.push(id);
             } else {
-                add(&c.unconfirmed, 1);
+                add(&self.shared.counts.unconfirmed, 1);
             }
         }
         for (entry, why) in &dead {
@@ -502,8 +483,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Consumer<T> {
     }
 
     fn fate(&mut self, entry: &StreamId) -> Fate {
-        let shared = Arc::clone(&self.shared);
-        let c = &shared.counts;
+        let c = &self.shared.counts;
         let Some(Value::BulkString(bytes)) = entry.map.get(FIELD) else {
             add(&c.malformed, 1);
             return Fate::Dead("malformed");

@@ -138,3 +138,13 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs the test `test` of this test binary in a child process with `var`
+/// set to `url` (the test does its part only when `var` is set).
+pub(crate) fn spawn_peer(test: &str, var: &str, url: &str) -> Child {
+    Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(var, url)
+        .spawn()
+        .expect("spawn the peer process")
+}
