@@ -255,6 +255,31 @@ struct Body<T> {
     payload: T,
 }
 
+/// postcard's output straight onto the end of a caller's buffer (its own
+/// `Vec` flavor owns the buffer; its `io::Write` one goes through
+/// `write_all` per byte).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
 /// Unix nanoseconds; before 1970 reads as 1970, after 2554 as 2554.
 fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -429,8 +454,56 @@ impl Codec {
         msg: &Message<T>,
         origin: &str,
     ) -> Result<Vec<u8>, EnvelopeError> {
+        // Room for a small message without growing.
+        let mut out = Vec::with_capacity(256);
+        self.encode_into(msg, origin, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the envelope of `msg`, as written by node `origin`, to
+    /// `out`: [`encode`](Self::encode) without a new buffer per message,
+    /// for a writer that reuses one.
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// use topicbus::{Message, Topic};
+    ///
+    /// let codec = Codec::signed(KeyRing::new("k1", [7u8; 32])?);
+    /// let mut buf = Vec::new();
+    /// for n in 0..3u32 {
+    ///     buf.clear();
+    ///     let msg = Message::builder(Topic::parse("jobs.new")?, n).build();
+    ///     codec.encode_into(&msg, "n1", &mut buf)?;
+    ///     assert_eq!(*codec.decode::<u32>(&buf)?.message.payload(), n);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`encode`](Self::encode); on an error `out` is left as it was.
+    pub fn encode_into<T: Serialize>(
+        &self,
+        msg: &Message<T>,
+        origin: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EnvelopeError> {
+        let start = out.len();
+        let result = self.append(msg, origin, out, start);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn append<T: Serialize>(
+        &self,
+        msg: &Message<T>,
+        origin: &str,
+        out: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), EnvelopeError> {
         let kid = self.keys.as_ref().map_or("", KeyRing::signing_key_id);
-        let mut out = Vec::with_capacity(128);
         // Key ids are at most MAX_KEY_ID_LEN (32) bytes: the length fits.
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[ENVELOPE_VERSION, self.encoding.tag(), kid.len() as u8]);
@@ -441,27 +514,28 @@ impl Codec {
         }
         let body_at = out.len();
         let body = BodyRef::of(msg, origin);
-        let mut out = match self.encoding {
+        match self.encoding {
             Encoding::Binary => {
-                postcard::to_extend(&body, out).map_err(|e| EnvelopeError::Encode(e.to_string()))?
+                postcard::serialize_with_flavor(&body, Append(out))
+                    .map_err(|e| EnvelopeError::Encode(e.to_string()))?;
             }
             Encoding::Json => {
-                serde_json::to_writer(&mut out, &body)
+                serde_json::to_writer(&mut *out, &body)
                     .map_err(|e| EnvelopeError::Encode(e.to_string()))?;
-                out
             }
-        };
-        if out.len() > self.max_size {
+        }
+        let size = out.len() - start;
+        if size > self.max_size {
             return Err(EnvelopeError::TooLarge {
-                size: out.len(),
+                size,
                 limit: self.max_size,
             });
         }
         if let Some(keys) = &self.keys {
-            let tag = keys::tag(keys.signer(), &[&out[..tag_at], &out[body_at..]]);
+            let tag = keys::tag(keys.signer(), &[&out[start..tag_at], &out[body_at..]]);
             out[tag_at..body_at].copy_from_slice(&tag);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Decodes and checks an envelope: size, version, signature, then the

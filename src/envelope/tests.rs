@@ -208,6 +208,34 @@ fn size_limits_hold_both_ways() {
 }
 
 #[test]
+fn encoding_into_a_buffer_appends_and_leaves_it_alone_on_error() {
+    let codec = Codec::signed(ring()).max_size(500);
+    let small = Message::builder("a".parse().unwrap(), vec![1u8; 10]).build();
+    let big = Message::builder("a".parse().unwrap(), vec![7u8; 1000]).build();
+    let mut buf = b"kept".to_vec();
+    codec.encode_into(&small, "n", &mut buf).unwrap();
+    // The size limit counts the envelope, not what was in the buffer.
+    assert_eq!(&buf[..4], b"kept");
+    let first = codec.encode(&small, "n").unwrap();
+    let frame = buf[4..].to_vec();
+    assert_eq!(frame.len(), first.len());
+    same(&codec.decode::<Vec<u8>>(&frame).unwrap().message, &small);
+    assert!(matches!(
+        codec.encode_into(&big, "n", &mut buf),
+        Err(EnvelopeError::TooLarge { limit: 500, .. })
+    ));
+    assert_eq!(
+        buf.len(),
+        4 + frame.len(),
+        "a failed encode appends nothing"
+    );
+    // A frame appended after another is signed over its own bytes only.
+    codec.encode_into(&small, "n", &mut buf).unwrap();
+    let second = &buf[4 + frame.len()..];
+    same(&codec.decode::<Vec<u8>>(second).unwrap().message, &small);
+}
+
+#[test]
 fn broken_frames_get_their_own_errors() {
     let codec = Codec::unsigned();
     let good = codec
