@@ -103,6 +103,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod adapter;
 mod bus;
 #[cfg(feature = "envelope")]
 pub mod envelope;
@@ -113,6 +115,8 @@ mod message;
 mod metrics;
 #[allow(unreachable_pub)]
 mod pool;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod registry;

@@ -152,6 +152,14 @@ impl<T: Send + Sync + 'static> Receiver<T> {
         self.sub().stats()
     }
 
+    /// Messages dropped by the overflow policy, and waiting now: what an
+    /// adapter's outbox reports.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn drops_and_depth(&self) -> (u64, usize) {
+        let s = self.stats();
+        (s.counts.dropped.total(), s.queued.iter().sum())
+    }
+
     /// Stops handing out messages: they queue (by the overflow policy) and
     /// receives wait until [`resume`](Self::resume).
     pub fn pause(&self) {

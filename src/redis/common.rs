@@ -385,10 +385,9 @@ impl<T: Send + Sync + 'static> Running<T> {
 
     /// The outbox's drops and depth.
     pub(super) fn outbox_numbers(&self) -> (u64, usize) {
-        self.outbox.as_ref().map_or((0, 0), |rx| {
-            let s = rx.stats();
-            (s.counts.dropped.total(), s.queued.iter().sum())
-        })
+        self.outbox
+            .as_ref()
+            .map_or((0, 0), |rx| rx.drops_and_depth())
     }
 }
 

@@ -1,0 +1,89 @@
+//! What the adapters to outer systems share (features `redis`, `postgres`):
+//! reconnect backoff and a stop flag their threads wait on.
+
+use std::time::Duration;
+
+use crate::sync::{Condvar, Mutex};
+
+/// Full-jitter exponential backoff (AWS architecture blog, 2015): attempt
+/// `n` waits a uniformly random time in `[0, min(cap, base × 2^n)]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) base: Duration,
+    pub(crate) cap: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// A stop flag that waits can watch.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    stopped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stop {
+    pub(crate) fn stop(&self) {
+        *self.stopped.lock() = true;
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        *self.stopped.lock()
+    }
+
+    /// Waits up to `d`; true when stopped (at once or meanwhile).
+    pub(crate) fn wait(&self, d: Duration) -> bool {
+        let deadline = std::time::Instant::now() + d;
+        let mut stopped = self.stopped.lock();
+        while !*stopped {
+            let (guard, timed_out) = self.changed.wait_until(stopped, deadline);
+            stopped = guard;
+            if timed_out {
+                break;
+            }
+        }
+        *stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_under_its_growing_ceiling_and_cap() {
+        let b = Backoff {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(500),
+        };
+        for attempt in 0..40 {
+            let ceiling = Duration::from_millis(10 << attempt.min(6)).min(b.cap);
+            for _ in 0..50 {
+                assert!(b.delay(attempt) <= ceiling, "attempt {attempt}");
+            }
+        }
+        // Jitter: not all the same.
+        let first = b.delay(5);
+        assert!((0..100).any(|_| b.delay(5) != first));
+    }
+
+    #[test]
+    fn a_stop_ends_a_wait() {
+        let stop = std::sync::Arc::new(Stop::default());
+        assert!(!stop.wait(Duration::from_millis(1)));
+        let s = std::sync::Arc::clone(&stop);
+        let t = std::thread::spawn(move || s.wait(Duration::from_secs(600)));
+        stop.stop();
+        assert!(t.join().unwrap());
+        assert!(stop.is_stopped());
+    }
+}

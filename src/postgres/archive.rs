@@ -1,0 +1,1120 @@
+//! The archive: chosen topics written to a time-partitioned table by one
+//! writer thread with binary `COPY`, deduplicated by message id, dropped by
+//! partition past their retention, read back in commit order.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
+use postgres::{Client, Config, NoTls};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::schema::migrate;
+use super::types::PgId;
+use super::{check_schema, PgError};
+use crate::adapter::{Backoff, Stop};
+use crate::envelope::{Codec, Decoded};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::Mutex;
+use crate::{Bus, Message, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions};
+
+/// How often the writer looks at its stop flag while idle.
+const POLL: Duration = Duration::from_millis(50);
+
+/// How the archive table is split by `published_at` (UTC). Retention drops
+/// whole partitions, so it is as fine as the partitions are.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::postgres::Partitioning;
+/// assert_eq!(Partitioning::default(), Partitioning::Daily);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Partitioning {
+    /// One partition per hour: for millions of rows an hour.
+    Hourly,
+    /// One partition per day.
+    #[default]
+    Daily,
+}
+
+impl Partitioning {
+    fn span(self) -> u64 {
+        match self {
+            Partitioning::Hourly => 3_600,
+            Partitioning::Daily => 86_400,
+        }
+    }
+
+    /// The start (Unix seconds) of the partition holding `t`.
+    fn start_of(self, t: SystemTime) -> u64 {
+        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        secs - secs % self.span()
+    }
+
+    /// The partition's table name: `archive_pYYYYMMDD[HH]`.
+    fn name(self, start: u64) -> String {
+        let (y, m, d) = civil_from_days(start / 86_400);
+        match self {
+            Partitioning::Hourly => {
+                format!("archive_p{y:04}{m:02}{d:02}{:02}", start % 86_400 / 3_600)
+            }
+            Partitioning::Daily => format!("archive_p{y:04}{m:02}{d:02}"),
+        }
+    }
+
+    /// The partition start a table name stands for (the inverse of
+    /// [`name`](Self::name)); `None` for any other table.
+    fn parse(self, name: &str) -> Option<u64> {
+        let digits = name.strip_prefix("archive_p")?;
+        let want = match self {
+            Partitioning::Hourly => 10,
+            Partitioning::Daily => 8,
+        };
+        if digits.len() != want || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| digits[r].parse::<u64>().ok();
+        let (y, m, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+            return None;
+        }
+        let hour = if want == 10 { num(8..10)? } else { 0 };
+        let start = days_from_civil(y, m, d) * 86_400 + hour * 3_600;
+        (self.name(start) == name).then_some(start)
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`, for days ≥ 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The inverse of [`civil_from_days`] (for dates from 1970 on).
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y % 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).saturating_sub(719_468)
+}
+
+/// `YYYY-MM-DD HH:00:00+00` for a partition bound.
+fn bound(secs: u64) -> String {
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    format!("{y:04}-{m:02}-{d:02} {:02}:00:00+00", secs % 86_400 / 3_600)
+}
+
+/// Where a reader is in the archive: after the row `(xid, seq)`, in
+/// commit order. Store it to resume later ([`Display`](fmt::Display) and
+/// [`FromStr`] round-trip it).
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::postgres::Cursor;
+/// let c: Cursor = "731:42".parse()?;
+/// assert_eq!((c.xid(), c.seq()), (731, 42));
+/// assert_eq!(c.to_string(), "731:42");
+/// assert!(Cursor::START < c);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    xid: u64,
+    seq: i64,
+}
+
+impl Cursor {
+    /// Before every row.
+    pub const START: Cursor = Cursor { xid: 0, seq: 0 };
+
+    /// A cursor after the row written by transaction `xid` with sequence
+    /// number `seq`.
+    pub const fn new(xid: u64, seq: i64) -> Self {
+        Self { xid, seq }
+    }
+
+    /// The writing transaction's id (`xid8`) of the last row read.
+    pub const fn xid(&self) -> u64 {
+        self.xid
+    }
+
+    /// The sequence number of the last row read.
+    pub const fn seq(&self) -> i64 {
+        self.seq
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.xid, self.seq)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = PgError;
+
+    fn from_str(s: &str) -> Result<Self, PgError> {
+        let bad = || PgError::Invalid("a cursor is `<xid>:<seq>`, two numbers");
+        let (xid, seq) = s.split_once(':').ok_or_else(bad)?;
+        Ok(Self {
+            xid: xid.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// One page read from the archive.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use topicbus::postgres::{ArchiveReader, Cursor};
+/// # let mut reader = ArchiveReader::connect("host=/tmp", topicbus::envelope::Codec::unsigned())?;
+/// let mut at = Cursor::START;
+/// loop {
+///     let page = reader.read::<String>(&at, 500)?;
+///     if page.is_empty() { break; }
+///     for m in page.messages { /* ... */ let _ = m; }
+///     at = page.next;
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ArchivedPage<T> {
+    /// The messages, in commit order.
+    pub messages: Vec<Decoded<T>>,
+    /// Rows skipped because their envelope did not verify or decode
+    /// (written by someone without the key, or corrupted). Never returned.
+    pub rejected: u64,
+    /// Where the next page starts.
+    pub next: Cursor,
+}
+
+impl<T> ArchivedPage<T> {
+    /// No rows were read: the reader is at the commit horizon.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.rejected == 0
+    }
+}
+
+/// Reads the archive in commit order, from a [`Cursor`].
+///
+/// Only rows of transactions that finished before every transaction still
+/// running began are returned (the `xid8` horizon): a row with a smaller
+/// cursor can never commit after the reader passed it, whatever the number
+/// of writers.
+///
+/// Every method blocks on database I/O.
+///
+/// # Examples
+///
+/// ```no_run
+/// use topicbus::envelope::Codec;
+/// use topicbus::postgres::{ArchiveReader, Cursor};
+/// let mut reader = ArchiveReader::connect("host=/tmp user=postgres", Codec::unsigned())?
+///     .schema("audit")?;
+/// let page = reader.read::<String>(&Cursor::START, 100)?;
+/// println!("{} messages, next from {}", page.messages.len(), page.next);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ArchiveReader {
+    client: Client,
+    codec: Codec,
+    schema: String,
+}
+
+impl fmt::Debug for ArchiveReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArchiveReader")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArchiveReader {
+    /// Connects (`conninfo` as for [`postgres::Config`]) to read schema
+    /// `topicbus`, verifying envelopes with `codec`.
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::Postgres`] when the connection fails.
+    pub fn connect(conninfo: &str, codec: Codec) -> Result<Self, PgError> {
+        Ok(Self {
+            client: Client::connect(conninfo, NoTls)?,
+            codec,
+            schema: "topicbus".into(),
+        })
+    }
+
+    /// Reads schema `schema` instead.
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::Invalid`] for a name that is not plain lower-case.
+    pub fn schema(mut self, schema: &str) -> Result<Self, PgError> {
+        check_schema(schema)?;
+        self.schema = schema.to_owned();
+        Ok(self)
+    }
+
+    /// Up to `limit` messages after `after`.
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::Postgres`] when the query fails (the archive missing, the
+    /// connection lost).
+    pub fn read<T: DeserializeOwned>(
+        &mut self,
+        after: &Cursor,
+        limit: usize,
+    ) -> Result<ArchivedPage<T>, PgError> {
+        self.page(after, None, limit)
+    }
+
+    /// As [`read`](Self::read), keeping only messages published at or after
+    /// `since` (replay from a time: start at [`Cursor::START`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read).
+    pub fn read_since<T: DeserializeOwned>(
+        &mut self,
+        since: SystemTime,
+        after: &Cursor,
+        limit: usize,
+    ) -> Result<ArchivedPage<T>, PgError> {
+        self.page(after, Some(since), limit)
+    }
+
+    fn page<T: DeserializeOwned>(
+        &mut self,
+        after: &Cursor,
+        since: Option<SystemTime>,
+        limit: usize,
+    ) -> Result<ArchivedPage<T>, PgError> {
+        let s = &self.schema;
+        let sql = format!(
+            "SELECT xid::text, seq, envelope FROM {s}.archive
+             WHERE (xid, seq) > ($1::text::xid8, $2)
+               AND xid < pg_snapshot_xmin(pg_current_snapshot())
+               AND ($3::timestamptz IS NULL OR published_at >= $3)
+             ORDER BY xid, seq LIMIT $4"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client
+            .query(&sql, &[&after.xid.to_string(), &after.seq, &since, &limit])?;
+        let mut page = ArchivedPage {
+            messages: Vec::with_capacity(rows.len()),
+            rejected: 0,
+            next: *after,
+        };
+        for row in rows {
+            let xid: &str = row.get(0);
+            page.next = Cursor {
+                // xid8's text form is a decimal u64.
+                xid: xid.parse().unwrap_or(u64::MAX),
+                seq: row.get(1),
+            };
+            match self.codec.decode::<T>(row.get(2)) {
+                Ok(d) => page.messages.push(d),
+                Err(_) => page.rejected += 1,
+            }
+        }
+        Ok(page)
+    }
+}
+
+/// Counters of one archive, read without stopping it.
+///
+/// Once the archive is shut down: `exported == archived + duplicates +
+/// encode_failed + unsent`.
+///
+/// # Examples
+///
+/// ```
+/// let s = topicbus::postgres::ArchiveStats::default();
+/// assert_eq!(s.exported, s.archived + s.duplicates + s.encode_failed + s.unsent);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ArchiveStats {
+    /// Messages the writer took from its outbox.
+    pub exported: u64,
+    /// Of those, committed as new rows.
+    pub archived: u64,
+    /// Already in the archive (same id and time): not written again.
+    pub duplicates: u64,
+    /// Not written: the payload does not serialize or the envelope is over
+    /// the codec's limit.
+    pub encode_failed: u64,
+    /// Not written: still in the outbox or the unwritten batch when
+    /// shutdown's deadline passed.
+    pub unsent: u64,
+    /// Dropped by the outbox's overflow policy while the database was slow
+    /// or down.
+    pub outbox_dropped: u64,
+    /// Messages waiting in the outbox now.
+    pub outbox_depth: usize,
+    /// Batches committed.
+    pub batches: u64,
+    /// Batch writes that failed (each is tried again on a new connection).
+    pub failed_writes: u64,
+    /// Connections lost and made again.
+    pub reconnects: u64,
+    /// Partitions created.
+    pub partitions_created: u64,
+    /// Partitions dropped by retention.
+    pub partitions_dropped: u64,
+    /// The writer's connection is up.
+    pub connected: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    exported: AtomicU64,
+    archived: AtomicU64,
+    duplicates: AtomicU64,
+    encode_failed: AtomicU64,
+    unsent: AtomicU64,
+    batches: AtomicU64,
+    failed_writes: AtomicU64,
+    reconnects: AtomicU64,
+    partitions_created: AtomicU64,
+    partitions_dropped: AtomicU64,
+    connected: AtomicBool,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What the writer and the handle share.
+struct Shared {
+    counts: Counters,
+    stop: Stop,
+    deadline: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The settings both the writer and [`PgArchive::enforce_retention`] use.
+#[derive(Clone)]
+struct Settings {
+    config: Config,
+    schema: String,
+    partitioning: Partitioning,
+    retention: Option<Duration>,
+}
+
+impl Settings {
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        let mut client = self.config.connect(NoTls)?;
+        // What the archive counts as written must survive a server crash,
+        // whatever the server's default.
+        client.batch_execute("SET synchronous_commit = on")?;
+        Ok(client)
+    }
+}
+
+/// Configures and starts a [`PgArchive`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use topicbus::envelope::Codec;
+/// use topicbus::postgres::{Partitioning, PgArchive};
+/// # let bus = topicbus::Bus::<String>::builder().build()?;
+/// let archive = PgArchive::builder("host=/tmp user=postgres", Codec::unsigned())
+///     .schema("audit")
+///     .export("orders.#")
+///     .export("payments.#")
+///     .batch(1_000, Duration::from_millis(50))
+///     .partitioning(Partitioning::Hourly)
+///     .retention(Duration::from_secs(7 * 86_400))
+///     .start(&bus)?;
+/// println!("{:?}", archive.stats());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use]
+pub struct ArchiveBuilder {
+    conninfo: String,
+    codec: Codec,
+    schema: String,
+    export: Vec<String>,
+    node: String,
+    batch: usize,
+    linger: Duration,
+    outbox: usize,
+    overflow: OverflowPolicy,
+    partitioning: Partitioning,
+    retention: Option<Duration>,
+    retention_every: Duration,
+    backoff: Backoff,
+}
+
+impl fmt::Debug for ArchiveBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArchiveBuilder")
+            .field("schema", &self.schema)
+            .field("export", &self.export)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArchiveBuilder {
+    /// The schema of the tables (default `topicbus`), created and migrated
+    /// on start.
+    pub fn schema(mut self, schema: &str) -> Self {
+        schema.clone_into(&mut self.schema);
+        self
+    }
+
+    /// Archives messages whose topic matches `pattern` (call once per
+    /// pattern; without any, the archive writes nothing).
+    pub fn export(mut self, pattern: impl Into<String>) -> Self {
+        self.export.push(pattern.into());
+        self
+    }
+
+    /// The node id written in each envelope and row (default: random).
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node = id.into();
+        self
+    }
+
+    /// A batch is written when it has `rows` messages or its first message
+    /// waited `linger`, whichever comes first (default 1,000 and 50 ms).
+    pub fn batch(mut self, rows: usize, linger: Duration) -> Self {
+        self.batch = rows;
+        self.linger = linger;
+        self
+    }
+
+    /// The outbox: how many messages wait while the database is slow or
+    /// down (default 100,000), and what happens past that (default: drop
+    /// the oldest, counted; [`OverflowPolicy::Block`] makes publishers wait).
+    pub fn outbox(mut self, capacity: usize, overflow: OverflowPolicy) -> Self {
+        self.outbox = capacity;
+        self.overflow = overflow;
+        self
+    }
+
+    /// How the table is partitioned (default [`Partitioning::Daily`]).
+    pub fn partitioning(mut self, p: Partitioning) -> Self {
+        self.partitioning = p;
+        self
+    }
+
+    /// Drops partitions whose newest possible row is older than `keep`,
+    /// checked by the writer on start and then every `every` (default: keep
+    /// everything; checked hourly).
+    pub fn retention(mut self, keep: Duration) -> Self {
+        self.retention = Some(keep);
+        self
+    }
+
+    /// How often the writer enforces the retention (default one hour).
+    pub fn retention_every(mut self, every: Duration) -> Self {
+        self.retention_every = every;
+        self
+    }
+
+    /// Reconnect backoff: full jitter, from `base` doubling up to `cap`
+    /// (default 50 ms to 5 s).
+    pub fn reconnect_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff = Backoff { base, cap };
+        self
+    }
+
+    /// Connects, migrates the schema, subscribes the outbox and starts the
+    /// writer thread. Blocks until the schema is ready.
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::Invalid`] for a setting out of range;
+    /// [`PgError::Pattern`] for a bad export pattern;
+    /// [`PgError::Postgres`] when the database cannot be reached or
+    /// migrated; [`PgError::SchemaTooNew`]; [`PgError::Subscribe`] when the
+    /// bus is shut down; [`PgError::Spawn`].
+    pub fn start<T>(self, bus: &Bus<T>) -> Result<PgArchive<T>, PgError>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        check_schema(&self.schema)?;
+        if self.batch == 0 || self.outbox == 0 || self.linger.is_zero() {
+            return Err(PgError::Invalid(
+                "batch rows, linger and outbox capacity must be positive",
+            ));
+        }
+        if self.backoff.cap.is_zero() || self.retention_every.is_zero() {
+            return Err(PgError::Invalid(
+                "backoff cap and retention interval must be positive",
+            ));
+        }
+        let patterns = self
+            .export
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config: Config = self.conninfo.parse()?;
+        let settings = Settings {
+            config,
+            schema: self.schema,
+            partitioning: self.partitioning,
+            retention: self.retention,
+        };
+        let mut client = settings.connect()?;
+        migrate(&mut client, &settings.schema)?;
+        let shared = Arc::new(Shared {
+            counts: Counters::default(),
+            stop: Stop::default(),
+            deadline: Mutex::new(None),
+            last_error: Mutex::new(None),
+        });
+        shared.counts.connected.store(true, Ordering::Relaxed);
+        let outbox = if patterns.is_empty() {
+            None
+        } else {
+            let mut options = SubscribeOptions::new()
+                .capacity(self.outbox)
+                .overflow(self.overflow);
+            for p in patterns {
+                options = options.pattern(p);
+            }
+            Some(Arc::new(bus.receiver_with(options)?))
+        };
+        let writer = Writer {
+            rx: outbox.clone(),
+            shared: Arc::clone(&shared),
+            settings: settings.clone(),
+            codec: self.codec,
+            node: self.node,
+            batch: self.batch,
+            linger: self.linger,
+            retention_every: self.retention_every,
+            backoff: self.backoff,
+        };
+        let thread = std::thread::Builder::new()
+            .name("topicbus-pg-archive".into())
+            .spawn(move || writer.run(Some(client)))?;
+        Ok(PgArchive {
+            shared,
+            settings,
+            outbox,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The archive: a bounded outbox on the bus (a pull subscription to the
+/// exported patterns) drained by one writer thread into
+/// `<schema>.archive`.
+///
+/// Each batch is one transaction: binary `COPY` into a temporary staging
+/// table, then `INSERT … SELECT … ON CONFLICT DO NOTHING` (a message
+/// already archived, by id and time, is counted as a duplicate, so a batch
+/// written again after a lost commit reply adds nothing). The writer's
+/// session commits synchronously: a row counted as archived survives a
+/// server crash. A failed batch is kept and written again once a new
+/// connection is up (full-jitter backoff); meanwhile publishers never wait
+/// (unless the outbox's policy is to block) and the outbox drops by its
+/// policy, counted.
+///
+/// # Examples
+///
+/// See the [module](crate::postgres) documentation.
+pub struct PgArchive<T: Send + Sync + 'static> {
+    shared: Arc<Shared>,
+    settings: Settings,
+    outbox: Option<Arc<Receiver<T>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for PgArchive<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgArchive")
+            .field("schema", &self.settings.schema)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgArchive<()> {
+    /// A builder for database `conninfo` (as for [`postgres::Config`]:
+    /// `host=/run/postgresql user=app dbname=app`, or a `postgresql://`
+    /// URL), signing envelopes with `codec`.
+    ///
+    /// # Examples
+    ///
+    /// See [`ArchiveBuilder`].
+    pub fn builder(conninfo: impl Into<String>, codec: Codec) -> ArchiveBuilder {
+        ArchiveBuilder {
+            conninfo: conninfo.into(),
+            codec,
+            schema: "topicbus".into(),
+            export: Vec::new(),
+            node: format!("node-{:016x}", fastrand::u64(..)),
+            batch: 1_000,
+            linger: Duration::from_millis(50),
+            outbox: 100_000,
+            overflow: OverflowPolicy::DropOldest,
+            partitioning: Partitioning::Daily,
+            retention: None,
+            retention_every: Duration::from_secs(3_600),
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                cap: Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> PgArchive<T> {
+    /// The counters now.
+    pub fn stats(&self) -> ArchiveStats {
+        let c = &self.shared.counts;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (outbox_dropped, outbox_depth) = self
+            .outbox
+            .as_ref()
+            .map_or((0, 0), |rx| rx.drops_and_depth());
+        ArchiveStats {
+            exported: get(&c.exported),
+            archived: get(&c.archived),
+            duplicates: get(&c.duplicates),
+            encode_failed: get(&c.encode_failed),
+            unsent: get(&c.unsent),
+            outbox_dropped,
+            outbox_depth,
+            batches: get(&c.batches),
+            failed_writes: get(&c.failed_writes),
+            reconnects: get(&c.reconnects),
+            partitions_created: get(&c.partitions_created),
+            partitions_dropped: get(&c.partitions_dropped),
+            connected: c.connected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The last database error the writer saw, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().clone()
+    }
+
+    /// Drops the partitions past the retention now, on a connection of its
+    /// own; returns their names. Blocks on database I/O.
+    ///
+    /// # Errors
+    ///
+    /// [`PgError::Postgres`] when the database fails.
+    pub fn enforce_retention(&self) -> Result<Vec<String>, PgError> {
+        let mut client = self.settings.connect()?;
+        let dropped = drop_expired(&mut client, &self.settings, SystemTime::now())?;
+        add(&self.shared.counts.partitions_dropped, dropped.len() as u64);
+        Ok(dropped)
+    }
+
+    /// Stops taking messages, writes what the outbox holds until `timeout`,
+    /// and returns the final counters (`unsent` says what was left).
+    pub fn shutdown(mut self, timeout: Duration) -> ArchiveStats {
+        self.stop(timeout);
+        self.stats()
+    }
+
+    fn stop(&mut self, timeout: Duration) {
+        *self.shared.deadline.lock() = Some(Instant::now() + timeout);
+        self.shared.stop.stop();
+        if let Some(t) = self.thread.take() {
+            // A writer that panicked has nothing more to report.
+            let _ = t.join();
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for PgArchive<T> {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(1));
+    }
+}
+
+/// One message ready to write.
+struct Row {
+    id: PgId,
+    topic: String,
+    published_at: SystemTime,
+    envelope: Vec<u8>,
+}
+
+struct Writer<T: Send + Sync + 'static> {
+    rx: Option<Arc<Receiver<T>>>,
+    shared: Arc<Shared>,
+    settings: Settings,
+    codec: Codec,
+    node: String,
+    batch: usize,
+    linger: Duration,
+    retention_every: Duration,
+    backoff: Backoff,
+}
+
+/// The writer's connection and what it knows on it.
+struct Session {
+    client: Client,
+    /// Partitions known to exist (forgotten with the connection).
+    partitions: HashSet<u64>,
+}
+
+impl<T: Serialize + Send + Sync + 'static> Writer<T> {
+    fn run(self, client: Option<Client>) {
+        let c = &self.shared.counts;
+        let mut session = client.and_then(|client| self.open(client).ok());
+        let mut rows: Vec<Row> = Vec::with_capacity(self.batch);
+        let mut failures = 0u32;
+        let mut closed = self.rx.is_none();
+        let mut next_retention = Instant::now();
+        loop {
+            let stopping = self.shared.stop.is_stopped();
+            if stopping && self.past_deadline() {
+                break;
+            }
+            if rows.is_empty() && !closed {
+                closed = self.fill(&mut rows, stopping);
+            }
+            if self.settings.retention.is_some() && Instant::now() >= next_retention {
+                if let Some(s) = session.as_mut() {
+                    match drop_expired(&mut s.client, &self.settings, SystemTime::now()) {
+                        Ok(dropped) => {
+                            add(&c.partitions_dropped, dropped.len() as u64);
+                            s.partitions.clear();
+                            next_retention = Instant::now() + self.retention_every;
+                        }
+                        Err(e) => self.failed(&mut session, &e, &mut failures),
+                    }
+                }
+            }
+            if rows.is_empty() {
+                if self.rx.is_none() {
+                    // Nothing to export: only the retention to keep.
+                    if stopping {
+                        break;
+                    }
+                    self.shared.stop.wait(POLL);
+                    continue;
+                }
+                if closed {
+                    break;
+                }
+                continue;
+            }
+            if session.is_none() {
+                match self
+                    .settings
+                    .connect()
+                    .map_err(PgError::from)
+                    .and_then(|cl| self.open(cl))
+                {
+                    Ok(s) => {
+                        add(&c.reconnects, 1);
+                        session = Some(s);
+                    }
+                    Err(e) => {
+                        self.failed(&mut session, &e, &mut failures);
+                        continue;
+                    }
+                }
+            }
+            let Some(s) = session.as_mut() else {
+                continue;
+            };
+            match self.write(s, &rows) {
+                Ok(inserted) => {
+                    add(&c.archived, inserted);
+                    add(&c.duplicates, rows.len() as u64 - inserted);
+                    add(&c.batches, 1);
+                    rows.clear();
+                    failures = 0;
+                }
+                Err(e) => {
+                    add(&c.failed_writes, 1);
+                    self.failed(&mut session, &e, &mut failures);
+                }
+            }
+        }
+        let mut left = rows.len() as u64;
+        if let Some(rx) = &self.rx {
+            let mut drained = 0;
+            while rx.try_recv().is_ok() {
+                drained += 1;
+            }
+            add(&c.exported, drained);
+            left += drained;
+        }
+        add(&c.unsent, left);
+        c.connected.store(false, Ordering::Relaxed);
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.shared
+            .deadline
+            .lock()
+            .map_or(true, |d| Instant::now() >= d)
+    }
+
+    /// Makes a connection ready: the staging table.
+    fn open(&self, mut client: Client) -> Result<Session, PgError> {
+        client.batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS tb_stage (
+                 msg_id uuid, topic text, published_at timestamptz,
+                 origin text, envelope bytea
+             ) ON COMMIT DELETE ROWS",
+        )?;
+        self.shared.counts.connected.store(true, Ordering::Relaxed);
+        Ok(Session {
+            client,
+            partitions: HashSet::new(),
+        })
+    }
+
+    /// Takes a batch from the outbox: waits up to [`POLL`] for the first
+    /// message, then until the batch is full or `linger` has passed. True
+    /// when the outbox is closed for good (the bus shut down, or stopping
+    /// and empty).
+    fn fill(&self, rows: &mut Vec<Row>, stopping: bool) -> bool {
+        let Some(rx) = &self.rx else {
+            return true;
+        };
+        let wait = if stopping { Duration::ZERO } else { POLL };
+        let first = match rx.recv_timeout(wait) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => return stopping,
+            Err(RecvTimeoutError::Closed) => return true,
+        };
+        self.take(&first, rows);
+        let until = Instant::now() + self.linger;
+        while rows.len() < self.batch {
+            let left = if stopping {
+                Duration::ZERO
+            } else {
+                until.saturating_duration_since(Instant::now())
+            };
+            match rx.recv_timeout(left) {
+                Ok(m) => self.take(&m, rows),
+                Err(_) => break,
+            }
+        }
+        false
+    }
+
+    fn take(&self, m: &Message<T>, rows: &mut Vec<Row>) {
+        let c = &self.shared.counts;
+        add(&c.exported, 1);
+        match self.codec.encode(m, &self.node) {
+            Ok(envelope) => rows.push(Row {
+                id: PgId(m.id()),
+                topic: m.topic().as_str().to_owned(),
+                published_at: m.timestamp(),
+                envelope,
+            }),
+            Err(_) => add(&c.encode_failed, 1),
+        }
+    }
+
+    /// One batch in one transaction; returns the rows that were new.
+    fn write(&self, s: &mut Session, rows: &[Row]) -> Result<u64, PgError> {
+        let p = self.settings.partitioning;
+        let schema = &self.settings.schema;
+        for start in rows.iter().map(|r| p.start_of(r.published_at)) {
+            if s.partitions.insert(start) {
+                if let Err(e) = create_partition(&mut s.client, schema, p, start) {
+                    s.partitions.remove(&start);
+                    return Err(e);
+                }
+                add(&self.shared.counts.partitions_created, 1);
+            }
+        }
+        let mut tx = s.client.transaction()?;
+        let sink = tx.copy_in(
+            "COPY pg_temp.tb_stage (msg_id, topic, published_at, origin, envelope) \
+             FROM STDIN (FORMAT binary)",
+        )?;
+        let mut w = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::UUID,
+                Type::TEXT,
+                Type::TIMESTAMPTZ,
+                Type::TEXT,
+                Type::BYTEA,
+            ],
+        );
+        for r in rows {
+            w.write(&[&r.id, &r.topic, &r.published_at, &self.node, &r.envelope])?;
+        }
+        w.finish()?;
+        let inserted = tx.execute(
+            &format!(
+                "INSERT INTO {schema}.archive (msg_id, topic, published_at, origin, envelope)
+                 SELECT msg_id, topic, published_at, origin, envelope FROM pg_temp.tb_stage
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[],
+        )?;
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    /// A write failed: drop the connection, note why, back off.
+    fn failed(&self, session: &mut Option<Session>, e: &PgError, failures: &mut u32) {
+        *session = None;
+        self.shared.counts.connected.store(false, Ordering::Relaxed);
+        *self.shared.last_error.lock() = Some(e.to_string());
+        #[cfg(feature = "tracing")]
+        tracing::warn!(target: "topicbus", error = %e, "postgres archive: write failed");
+        *failures = failures.saturating_add(1);
+        let d = self.backoff.delay(*failures);
+        if self.shared.stop.wait(d) {
+            // Stopping: still try until the deadline, without waiting longer
+            // than it allows.
+            let until = self.shared.deadline.lock().unwrap_or_else(Instant::now);
+            std::thread::sleep(d.min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+}
+
+/// Creates the partition starting at `start` if it does not exist (under an
+/// advisory lock: several writers may race for it).
+fn create_partition(
+    client: &mut Client,
+    schema: &str,
+    p: Partitioning,
+    start: u64,
+) -> Result<(), PgError> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('topicbus.partition.' || $1))",
+        &[&schema],
+    )?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {schema}.{name} PARTITION OF {schema}.archive
+         FOR VALUES FROM ('{from}') TO ('{to}')",
+        name = p.name(start),
+        from = bound(start),
+        to = bound(start + p.span()),
+    ))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Drops the archive's partitions that end at or before `now − retention`;
+/// returns their names.
+fn drop_expired(
+    client: &mut Client,
+    settings: &Settings,
+    now: SystemTime,
+) -> Result<Vec<String>, PgError> {
+    let Some(keep) = settings.retention else {
+        return Ok(Vec::new());
+    };
+    let p = settings.partitioning;
+    let horizon = now
+        .checked_sub(keep)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let rows = client.query(
+        "SELECT c.relname::text FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid
+         JOIN pg_class r ON r.oid = i.inhparent
+         JOIN pg_namespace n ON n.oid = r.relnamespace
+         WHERE n.nspname = $1 AND r.relname = 'archive'",
+        &[&settings.schema],
+    )?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let name: String = row.get(0);
+        let Some(start) = p.parse(&name) else {
+            continue;
+        };
+        if start + p.span() <= horizon {
+            client.batch_execute(&format!("DROP TABLE IF EXISTS {}.{name}", settings.schema))?;
+            dropped.push(name);
+        }
+    }
+    dropped.sort();
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_round_trip_and_match_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+        for days in (0..200_000).step_by(7) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+    }
+
+    #[test]
+    fn partition_names_bounds_and_parsing_agree() {
+        // 2026-11-23 13:45:10 UTC.
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_441_510);
+        let day = Partitioning::Daily.start_of(t);
+        assert_eq!(Partitioning::Daily.name(day), "archive_p20261123");
+        assert_eq!(bound(day), "2026-11-23 00:00:00+00");
+        assert_eq!(bound(day + 86_400), "2026-11-24 00:00:00+00");
+        let hour = Partitioning::Hourly.start_of(t);
+        assert_eq!(Partitioning::Hourly.name(hour), "archive_p2026112313");
+        assert_eq!(bound(hour), "2026-11-23 13:00:00+00");
+        for (p, start) in [(Partitioning::Daily, day), (Partitioning::Hourly, hour)] {
+            assert_eq!(p.parse(&p.name(start)), Some(start));
+        }
+        for other in [
+            "archive",
+            "archive_p2026112",
+            "archive_p20261323",
+            "archive_p20261100",
+            "archive_p2026112324",
+            "archive_p2026112313x",
+        ] {
+            assert_eq!(Partitioning::Daily.parse(other), None, "{other}");
+            assert_eq!(Partitioning::Hourly.parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_as_text_and_reject_junk() {
+        let c = Cursor::new(9_000_000_000, 12);
+        assert_eq!(c.to_string().parse::<Cursor>().unwrap(), c);
+        for junk in ["", "1", "a:1", "1:b", "1:2:3", "-1:2"] {
+            assert!(junk.parse::<Cursor>().is_err(), "{junk}");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! PostgreSQL adapter (feature `postgres`): an archive of the bus's
+//! messages written with binary `COPY` into a time-partitioned table, and
+//! read back in commit order ([`PgArchive`], [`ArchiveReader`]).
+//!
+//! The adapter owns its threads and uses the synchronous
+//! [`postgres`](https://docs.rs/postgres) client: no async runtime in the
+//! core. The tables live in one schema (default `topicbus`) that the adapter
+//! creates and migrates on start ([`migrate`]); it refuses a schema a newer
+//! topicbus wrote. Every row holds the message's signed
+//! [`envelope`](crate::envelope): a reader rejects rows it cannot verify.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use topicbus::envelope::{Codec, KeyRing};
+//! use topicbus::postgres::{ArchiveReader, Cursor, PgArchive};
+//! use topicbus::{Bus, Topic};
+//!
+//! let bus = Bus::<String>::builder().build()?;
+//! let codec = Codec::signed(KeyRing::new("2026-11", std::env::var("TOPICBUS_KEY")?)?);
+//! let db = "host=/var/run/postgresql user=app dbname=app";
+//! let archive = PgArchive::builder(db, codec.clone())
+//!     .export("orders.#")
+//!     .retention(Duration::from_secs(30 * 86_400))
+//!     .start(&bus)?;
+//! bus.publish(&Topic::parse("orders.eu.created")?, "order 1".to_string())?;
+//! archive.shutdown(Duration::from_secs(5));
+//!
+//! // Later, elsewhere: everything archived, in commit order, from the start.
+//! let mut reader = ArchiveReader::connect(db, codec)?;
+//! let page = reader.read::<String>(&Cursor::START, 1_000)?;
+//! for m in &page.messages {
+//!     println!("{} {}", m.message.topic(), m.message.payload());
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Blocking
+//!
+//! [`ArchiveBuilder::start`], [`PgArchive::shutdown`],
+//! [`PgArchive::enforce_retention`], [`migrate`] and every
+//! [`ArchiveReader`] method do database I/O and block the calling thread;
+//! dropping a [`PgArchive`] blocks for up to a second while it flushes.
+//! Do not call them from inside an async task (the `postgres` client
+//! panics when called within a Tokio runtime); use `spawn_blocking`.
+
+mod archive;
+mod schema;
+mod types;
+
+pub use archive::{
+    ArchiveBuilder, ArchiveReader, ArchiveStats, ArchivedPage, Cursor, Partitioning, PgArchive,
+};
+pub use schema::{migrate, SCHEMA_VERSION};
+
+/// What went wrong talking to PostgreSQL, or before.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::envelope::Codec;
+/// use topicbus::postgres::{PgArchive, PgError};
+/// use topicbus::Bus;
+/// let bus = Bus::<String>::builder().workers(1).build()?;
+/// let err = PgArchive::builder("host=/nonexistent", Codec::unsigned())
+///     .schema("Not A Schema")
+///     .start(&bus)
+///     .unwrap_err();
+/// assert!(matches!(err, PgError::Invalid(_)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PgError {
+    /// The database refused or failed (connection, SQL, I/O).
+    #[error("postgres: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The schema was migrated by a newer topicbus: this one would not know
+    /// its tables.
+    #[error("schema {schema} is at version {found}; this topicbus knows up to {supported}")]
+    SchemaTooNew {
+        /// The schema.
+        schema: String,
+        /// Its version.
+        found: i32,
+        /// [`SCHEMA_VERSION`].
+        supported: i32,
+    },
+    /// An export pattern is not a valid pattern.
+    #[error("pattern: {0}")]
+    Pattern(#[from] crate::TopicError),
+    /// The local side refused: the bus is shut down.
+    #[error("subscribe: {0}")]
+    Subscribe(#[from] crate::SubscribeError),
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(&'static str),
+    /// An adapter thread could not be started.
+    #[error("spawn: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Checks a schema name: lower-case ASCII letters, digits and `_`, not
+/// starting with a digit, at most 63 bytes (so it never needs quoting).
+fn check_schema(schema: &str) -> Result<(), PgError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.as_bytes()[0].is_ascii_digit()
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PgError::Invalid(
+            "schema names are lower-case letters, digits and '_', at most 63 bytes",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_never_need_quoting() {
+        for good in ["topicbus", "tb_2", "_x", &"a".repeat(63)] {
+            assert!(check_schema(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Topicbus",
+            "2tb",
+            "a-b",
+            "a b",
+            "a;drop",
+            &"a".repeat(64),
+            "é",
+        ] {
+            assert!(check_schema(bad).is_err(), "{bad}");
+        }
+    }
+}
