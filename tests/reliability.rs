@@ -268,6 +268,8 @@ fn breaker_goes_closed_open_half_open_closed_and_open_again() {
     clock.advance(Duration::from_secs(10));
     assert_eq!(ran.recv_timeout(LONG).unwrap(), 6, "a failing trial");
     wait_until("open again", || sub.stats().circuit == Some(Open));
+    // The hook runs after the new state is visible in stats: wait for it.
+    wait_until("six hook calls", || changes.lock().unwrap().len() == 6);
     assert_eq!(
         *changes.lock().unwrap(),
         [

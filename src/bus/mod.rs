@@ -479,7 +479,9 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     }
 
     /// Calls `hook(subscription, from, to)` when a circuit breaker changes
-    /// state.
+    /// state. It runs on the worker that caused the change, just after the
+    /// new state became visible in
+    /// [`SubStats::circuit`](crate::SubStats::circuit).
     pub fn on_circuit_change(
         mut self,
         hook: impl Fn(SubscriptionId, CircuitState, CircuitState) + Send + Sync + 'static,
