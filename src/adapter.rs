@@ -1,5 +1,6 @@
 //! What the adapters to outer systems share (features `redis`, `postgres`):
-//! reconnect backoff and a stop flag their threads wait on.
+//! reconnect backoff, a stop flag their threads wait on, and the health
+//! issue of a link that is down.
 
 use std::time::Duration;
 
@@ -53,6 +54,24 @@ impl Stop {
         }
         *stopped
     }
+}
+
+/// The health issue of an adapter link that is down: `what` disconnected,
+/// with the last error when there was one.
+pub(crate) fn disconnected(
+    component: String,
+    what: &str,
+    last_error: &Mutex<Option<String>>,
+) -> crate::HealthIssue {
+    let why = last_error
+        .lock()
+        .clone()
+        .unwrap_or_else(|| "connecting".into());
+    crate::HealthIssue::new(
+        crate::HealthStatus::Degraded,
+        component,
+        format!("{what} ({why})"),
+    )
 }
 
 #[cfg(test)]

@@ -424,6 +424,15 @@ fn a_server_crash_loses_nothing_the_outbox_kept() {
         || archive.stats().failed_writes > 0,
         || describe(&archive.stats()),
     );
+    let health = bus.health();
+    assert!(
+        health
+            .issues
+            .iter()
+            .any(|i| i.component == "postgres archive topicbus"
+                && i.reason.starts_with("disconnected")),
+        "the archive is degraded while the server is down: {health:?}"
+    );
     cluster.start_again();
     publish(200);
     let settled = || {
@@ -434,6 +443,10 @@ fn a_server_crash_loses_nothing_the_outbox_kept() {
         describe(&archive.stats())
     });
     let s = archive.shutdown(Duration::from_secs(10));
+    assert!(
+        bus.health().issues.is_empty(),
+        "a shut-down archive is not a problem"
+    );
     assert_eq!(s.unsent, 0, "{s:?}");
     assert!(
         s.outbox_dropped > 0,

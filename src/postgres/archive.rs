@@ -19,6 +19,7 @@ use super::schema::migrate;
 use super::types::PgId;
 use super::{check_schema, PgError};
 use crate::adapter::{Backoff, Stop};
+use crate::bus::{HealthCheck, HealthIssue};
 use crate::envelope::{Codec, Decoded};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Mutex;
@@ -418,6 +419,29 @@ struct Shared {
     stop: Stop,
     deadline: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    /// Shut down: nothing to report any more.
+    done: AtomicBool,
+}
+
+/// The archive in [`Bus::health`]: degraded while the writer has no
+/// connection.
+struct Health {
+    shared: Arc<Shared>,
+    component: String,
+}
+
+impl HealthCheck for Health {
+    fn check(&self) -> Option<HealthIssue> {
+        let s = &self.shared;
+        if s.done.load(Ordering::Acquire) || s.counts.connected.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(crate::adapter::disconnected(
+            self.component.clone(),
+            "disconnected",
+            &s.last_error,
+        ))
+    }
 }
 
 /// The settings both the writer and [`PgArchive::enforce_retention`] use.
@@ -595,6 +619,7 @@ impl ArchiveBuilder {
             stop: Stop::default(),
             deadline: Mutex::new(None),
             last_error: Mutex::new(None),
+            done: AtomicBool::new(false),
         });
         shared.counts.connected.store(true, Ordering::Relaxed);
         let outbox = if patterns.is_empty() {
@@ -622,6 +647,10 @@ impl ArchiveBuilder {
         let thread = std::thread::Builder::new()
             .name("topicbus-pg-archive".into())
             .spawn(move || writer.run(Some(client)))?;
+        bus.add_health_check(Arc::new(Health {
+            shared: Arc::clone(&shared),
+            component: format!("postgres archive {}", settings.schema),
+        }));
         Ok(PgArchive {
             shared,
             settings,
@@ -752,6 +781,7 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
             // A writer that panicked has nothing more to report.
             let _ = t.join();
         }
+        self.shared.done.store(true, Ordering::Release);
     }
 }
 
@@ -859,6 +889,9 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
                     failures = 0;
                 }
                 Err(e) => {
+                    // Down before counted: whoever sees the failure sees
+                    // the archive degraded.
+                    c.connected.store(false, Ordering::Relaxed);
                     add(&c.failed_writes, 1);
                     self.failed(&mut session, &e, &mut failures);
                 }

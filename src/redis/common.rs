@@ -11,7 +11,7 @@ use ::redis::{Client, Connection};
 use serde::Serialize;
 
 use super::{AdapterError, Backoff, Stop, ORIGIN_HEADER};
-use crate::bus::{HealthCheck, HealthIssue, HealthStatus};
+use crate::bus::{HealthCheck, HealthIssue};
 use crate::envelope::Codec;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Mutex;
@@ -107,15 +107,10 @@ impl HealthCheck for Health {
         if down.is_empty() {
             return None;
         }
-        let why = s
-            .last_error
-            .lock()
-            .clone()
-            .unwrap_or_else(|| "connecting".into());
-        Some(HealthIssue::new(
-            HealthStatus::Degraded,
+        Some(crate::adapter::disconnected(
             format!("{} {}", self.component, s.node),
-            format!("{} disconnected ({why})", down.join(" and ")),
+            &format!("{} disconnected", down.join(" and ")),
+            &s.last_error,
         ))
     }
 }
