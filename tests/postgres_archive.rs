@@ -173,6 +173,7 @@ fn archive_and_replay_are_exact_in_publish_order() {
         "{stats:?}"
     );
     assert!(stats.batches >= 25, "batches of at most 100: {stats:?}");
+    assert_eq!(stats.staged_batches, 0, "no duplicate: straight COPY");
 
     let mut reader = ArchiveReader::connect(&db, codec()).unwrap();
     let (got, rejected, end) = read_all(&mut reader, 300);
@@ -231,6 +232,9 @@ fn two_writers_archive_each_message_once() {
     );
     assert_eq!(sa.archived + sb.archived, 1_000, "{sa:?} {sb:?}");
     assert_eq!(sa.duplicates + sb.duplicates, 1_000, "{sa:?} {sb:?}");
+    // The second COPY of a batch hit the primary key and went staged.
+    assert!(sa.staged_batches + sb.staged_batches > 0, "{sa:?} {sb:?}");
+    assert_eq!(sa.failed_writes + sb.failed_writes, 0, "{sa:?} {sb:?}");
     assert_eq!(
         count(&cluster, &db, "SELECT count(*) FROM topicbus.archive"),
         1_000

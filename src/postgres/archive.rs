@@ -2,7 +2,7 @@
 //! writer thread with binary `COPY`, deduplicated by message id, dropped by
 //! partition past their retention, read back in commit order.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::error::SqlState;
 use postgres::types::Type;
 use postgres::{Client, Config, NoTls};
 use serde::de::DeserializeOwned;
@@ -382,6 +383,9 @@ pub struct ArchiveStats {
     pub outbox_depth: usize,
     /// Batches committed.
     pub batches: u64,
+    /// Of those, written through the staging table because a duplicate
+    /// was found or expected (the rest were copied straight in).
+    pub staged_batches: u64,
     /// Batch writes that failed (each is tried again on a new connection).
     pub failed_writes: u64,
     /// Connections lost and made again.
@@ -402,6 +406,7 @@ struct Counters {
     encode_failed: AtomicU64,
     unsent: AtomicU64,
     batches: AtomicU64,
+    staged_batches: AtomicU64,
     failed_writes: AtomicU64,
     reconnects: AtomicU64,
     partitions_created: AtomicU64,
@@ -664,10 +669,13 @@ impl ArchiveBuilder {
 /// exported patterns) drained by one writer thread into
 /// `<schema>.archive`.
 ///
-/// Each batch is one transaction: binary `COPY` into a temporary staging
-/// table, then `INSERT … SELECT … ON CONFLICT DO NOTHING` (a message
-/// already archived, by id and time, is counted as a duplicate, so a batch
-/// written again after a lost commit reply adds nothing). The writer's
+/// Each batch is one transaction of binary `COPY` straight into the
+/// archive. When a row is already there (same id and time: a second writer
+/// exporting the same messages, or a batch written again after a lost
+/// commit reply) that COPY fails on the primary key and the batch goes
+/// again through a temporary staging table and `INSERT … SELECT … ON
+/// CONFLICT DO NOTHING`, counting the rows already there as duplicates;
+/// batches keep going that way until one finds no duplicate. The writer's
 /// session commits synchronously: a row counted as archived survives a
 /// server crash. A failed batch is kept and written again once a new
 /// connection is up (full-jitter backoff); meanwhile publishers never wait
@@ -741,6 +749,7 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
             outbox_dropped,
             outbox_depth,
             batches: get(&c.batches),
+            staged_batches: get(&c.staged_batches),
             failed_writes: get(&c.failed_writes),
             reconnects: get(&c.reconnects),
             partitions_created: get(&c.partitions_created),
@@ -799,6 +808,45 @@ struct Row {
     envelope: Vec<u8>,
 }
 
+/// The batch on its way: messages as taken from the outbox, encoded while
+/// the COPY streams them (so encoding overlaps the server's work on the
+/// rows before), and kept encoded for a second COPY or a retry.
+struct Batch<T> {
+    /// Encoded, in order.
+    rows: Vec<Row>,
+    /// Taken, not encoded yet, in order after `rows`.
+    taken: VecDeque<Arc<Message<T>>>,
+}
+
+impl<T> Batch<T> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(capacity),
+            taken: VecDeque::with_capacity(capacity),
+        }
+    }
+
+    /// Messages in the batch (encoded or not).
+    fn len(&self) -> usize {
+        self.rows.len() + self.taken.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.taken.clear();
+    }
+
+    /// When each message was published.
+    fn times(&self) -> impl Iterator<Item = SystemTime> + '_ {
+        let rows = self.rows.iter().map(|r| r.published_at);
+        rows.chain(self.taken.iter().map(|m| m.timestamp()))
+    }
+}
+
 struct Writer<T: Send + Sync + 'static> {
     rx: Option<Arc<Receiver<T>>>,
     shared: Arc<Shared>,
@@ -822,8 +870,10 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
     fn run(self, client: Option<Client>) {
         let c = &self.shared.counts;
         let mut session = client.and_then(|client| self.open(client).ok());
-        let mut rows: Vec<Row> = Vec::with_capacity(self.batch);
+        let mut rows = Batch::new(self.batch);
         let mut failures = 0u32;
+        // Through the staging table (duplicates expected) or straight in.
+        let mut staged = false;
         let mut closed = self.rx.is_none();
         let mut next_retention = Instant::now();
         loop {
@@ -880,15 +930,17 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             let Some(s) = session.as_mut() else {
                 continue;
             };
-            match self.write(s, &rows) {
+            match self.write(s, &mut rows, &mut staged) {
                 Ok(inserted) => {
                     add(&c.archived, inserted);
-                    add(&c.duplicates, rows.len() as u64 - inserted);
+                    add(&c.duplicates, rows.rows.len() as u64 - inserted);
                     add(&c.batches, 1);
                     rows.clear();
                     failures = 0;
                 }
                 Err(e) => {
+                    // The commit may have landed: the retry goes staged.
+                    staged = true;
                     // Down before counted: whoever sees the failure sees
                     // the archive degraded.
                     c.connected.store(false, Ordering::Relaxed);
@@ -936,7 +988,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
     /// message, then until the batch is full or `linger` has passed. True
     /// when the outbox is closed for good (the bus shut down, or stopping
     /// and empty).
-    fn fill(&self, rows: &mut Vec<Row>, stopping: bool) -> bool {
+    fn fill(&self, rows: &mut Batch<T>, stopping: bool) -> bool {
         let Some(rx) = &self.rx else {
             return true;
         };
@@ -946,7 +998,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             Err(RecvTimeoutError::Timeout) => return stopping,
             Err(RecvTimeoutError::Closed) => return true,
         };
-        self.take(&first, rows);
+        self.take(first, rows);
         let until = Instant::now() + self.linger;
         while rows.len() < self.batch {
             let left = if stopping {
@@ -955,32 +1007,52 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
                 until.saturating_duration_since(Instant::now())
             };
             match rx.recv_timeout(left) {
-                Ok(m) => self.take(&m, rows),
+                Ok(m) => self.take(m, rows),
                 Err(_) => break,
             }
         }
         false
     }
 
-    fn take(&self, m: &Message<T>, rows: &mut Vec<Row>) {
-        let c = &self.shared.counts;
-        add(&c.exported, 1);
+    fn take(&self, m: Arc<Message<T>>, rows: &mut Batch<T>) {
+        add(&self.shared.counts.exported, 1);
+        rows.taken.push_back(m);
+    }
+
+    /// The row of `m`, or `None` (counted) when it does not encode.
+    fn encode(&self, m: &Message<T>) -> Option<Row> {
         match self.codec.encode(m, &self.node) {
-            Ok(envelope) => rows.push(Row {
+            Ok(envelope) => Some(Row {
                 id: PgId(m.id()),
                 topic: m.topic().as_str().to_owned(),
                 published_at: m.timestamp(),
                 envelope,
             }),
-            Err(_) => add(&c.encode_failed, 1),
+            Err(_) => {
+                add(&self.shared.counts.encode_failed, 1);
+                None
+            }
         }
     }
 
     /// One batch in one transaction; returns the rows that were new.
-    fn write(&self, s: &mut Session, rows: &[Row]) -> Result<u64, PgError> {
+    ///
+    /// Straight into the archive by binary COPY while no duplicates are
+    /// seen: half the server's work of going through the staging table. A
+    /// duplicate id (another writer exporting the same messages, or a batch
+    /// retried after a commit whose outcome was lost) fails that COPY with a
+    /// unique violation; the batch is rolled back and written again through
+    /// the staging table with `ON CONFLICT DO NOTHING`. Batches stay staged
+    /// until one finds no duplicate (`staged` carries the mode).
+    fn write(
+        &self,
+        s: &mut Session,
+        rows: &mut Batch<T>,
+        staged: &mut bool,
+    ) -> Result<u64, PgError> {
         let p = self.settings.partitioning;
         let schema = &self.settings.schema;
-        for start in rows.iter().map(|r| p.start_of(r.published_at)) {
+        for start in rows.times().map(|t| p.start_of(t)) {
             if s.partitions.insert(start) {
                 if let Err(e) = create_partition(&mut s.client, schema, p, start) {
                     s.partitions.remove(&start);
@@ -989,11 +1061,48 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
                 add(&self.shared.counts.partitions_created, 1);
             }
         }
+        if !*staged {
+            let mut tx = s.client.transaction()?;
+            match self.copy(&mut tx, &format!("{schema}.archive"), rows) {
+                Ok(n) => {
+                    tx.commit()?;
+                    return Ok(n);
+                }
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    drop(tx);
+                    *staged = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        add(&self.shared.counts.staged_batches, 1);
         let mut tx = s.client.transaction()?;
-        let sink = tx.copy_in(
-            "COPY pg_temp.tb_stage (msg_id, topic, published_at, origin, envelope) \
-             FROM STDIN (FORMAT binary)",
+        self.copy(&mut tx, "pg_temp.tb_stage", rows)?;
+        let inserted = tx.execute(
+            &format!(
+                "INSERT INTO {schema}.archive (msg_id, topic, published_at, origin, envelope)
+                 SELECT msg_id, topic, published_at, origin, envelope FROM pg_temp.tb_stage
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[],
         )?;
+        tx.commit()?;
+        *staged = inserted < rows.rows.len() as u64;
+        Ok(inserted)
+    }
+
+    /// Binary COPY of `rows` into `table`, encoding those not encoded yet
+    /// as it goes; returns the rows written.
+    fn copy(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        table: &str,
+        rows: &mut Batch<T>,
+    ) -> Result<u64, postgres::Error> {
+        let sink = tx.copy_in(&format!(
+            "COPY {table} (msg_id, topic, published_at, origin, envelope) \
+             FROM STDIN (FORMAT binary)"
+        ))?;
         let mut w = BinaryCopyInWriter::new(
             sink,
             &[
@@ -1004,20 +1113,17 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
                 Type::BYTEA,
             ],
         );
-        for r in rows {
+        for r in &rows.rows {
             w.write(&[&r.id, &r.topic, &r.published_at, &self.node, &r.envelope])?;
         }
-        w.finish()?;
-        let inserted = tx.execute(
-            &format!(
-                "INSERT INTO {schema}.archive (msg_id, topic, published_at, origin, envelope)
-                 SELECT msg_id, topic, published_at, origin, envelope FROM pg_temp.tb_stage
-                 ON CONFLICT DO NOTHING"
-            ),
-            &[],
-        )?;
-        tx.commit()?;
-        Ok(inserted)
+        while let Some(m) = rows.taken.pop_front() {
+            // Kept before it is sent: a failed COPY leaves it encoded.
+            let Some(r) = self.encode(&m) else { continue };
+            rows.rows.push(r);
+            let r = &rows.rows[rows.rows.len() - 1];
+            w.write(&[&r.id, &r.topic, &r.published_at, &self.node, &r.envelope])?;
+        }
+        w.finish()
     }
 
     /// A write failed: drop the connection, note why, back off.
