@@ -1,10 +1,12 @@
 //! What the adapters to outer systems share (features `redis`, `postgres`):
-//! reconnect backoff, a stop flag their threads wait on, and the health
-//! issue of a link that is down.
+//! reconnect backoff, a stop flag their threads wait on, the health issue
+//! of a link that is down, and a window of recently seen message ids.
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::sync::{Condvar, Mutex};
+use crate::MessageId;
 
 /// Full-jitter exponential backoff (AWS architecture blog, 2015): attempt
 /// `n` waits a uniformly random time in `[0, min(cap, base × 2^n)]`.
@@ -74,9 +76,56 @@ pub(crate) fn disconnected(
     )
 }
 
+/// The last `cap` message ids seen.
+pub(crate) struct Window {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+    cap: usize,
+}
+
+impl Window {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            set: HashSet::with_capacity(cap.min(1 << 16)),
+            order: VecDeque::with_capacity(cap.min(1 << 16)),
+            cap,
+        }
+    }
+
+    /// True when `id` is in the window.
+    pub(crate) fn contains(&self, id: MessageId) -> bool {
+        self.set.contains(&id)
+    }
+
+    /// False when `id` is in the window; else remembers it.
+    pub(crate) fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_forgets_the_oldest_first() {
+        let ids: Vec<MessageId> = (0..4).map(|_| MessageId::new()).collect();
+        let mut w = Window::new(2);
+        assert!(w.insert(ids[0]) && w.insert(ids[1]));
+        assert!(!w.insert(ids[0]) && !w.insert(ids[1]));
+        assert!(w.insert(ids[2]));
+        assert!(w.insert(ids[0]), "the oldest was forgotten");
+        assert!(!w.insert(ids[2]));
+    }
 
     #[test]
     fn backoff_stays_under_its_growing_ceiling_and_cap() {

@@ -125,8 +125,28 @@ impl Tracker {
     /// The publisher finished routing; waits for the outcomes until
     /// `deadline`.
     pub(crate) fn wait(&self, id: MessageId, matched: usize, deadline: Instant) -> Confirmation {
+        self.routed();
+        self.confirmation(id, matched, deadline)
+    }
+
+    /// The publisher finished routing (once per message).
+    pub(crate) fn routed(&self) {
         let mut p = self.progress.lock();
         p.pending -= 1;
+        if p.pending == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    /// Waits, after [`routed`](Self::routed), for the outcomes until
+    /// `deadline`; may be called again after a timeout.
+    pub(crate) fn confirmation(
+        &self,
+        id: MessageId,
+        matched: usize,
+        deadline: Instant,
+    ) -> Confirmation {
+        let mut p = self.progress.lock();
         while p.pending > 0 {
             let (g, timed_out) = self.done.wait_until(p, deadline);
             p = g;

@@ -67,7 +67,7 @@ use crate::topic::Limits;
 pub(crate) use confirm::Tracker;
 
 /// A message published by [`Bus::publish_tracked`], its outcomes to come.
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 #[derive(Debug)]
 pub(crate) struct Tracked {
     tracker: Arc<Tracker>,
@@ -75,11 +75,12 @@ pub(crate) struct Tracked {
     matched: usize,
 }
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 impl Tracked {
-    /// Waits until every matched subscription settled it, or `deadline`.
-    pub(crate) fn wait(self, deadline: Instant) -> Confirmation {
-        self.tracker.wait(self.id, self.matched, deadline)
+    /// Waits until every matched subscription settled it, or `deadline`;
+    /// may be called again after a timeout.
+    pub(crate) fn wait(&self, deadline: Instant) -> Confirmation {
+        self.tracker.confirmation(self.id, self.matched, deadline)
     }
 }
 pub use confirm::{Confirmation, Delivery};
@@ -1029,7 +1030,7 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// Publishes a built message with a tracker and returns at once; the
     /// caller waits for the outcomes with [`Tracked::wait`] (adapters that
     /// acknowledge upstream only after a terminal outcome).
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", feature = "postgres"))]
     pub(crate) fn publish_tracked(&self, mut message: Message<T>) -> Result<Tracked, PublishError> {
         let inner = self.inner();
         let entered = inner.publishes.enter();
@@ -1038,6 +1039,7 @@ impl<T: Send + Sync + 'static> Bus<T> {
         message.tracker = Some(Arc::clone(&tracker));
         let msg = inner.admit(message)?;
         let receipt = inner.dispatch(&inner.registry.load(), &msg);
+        tracker.routed();
         entered.commit();
         Ok(Tracked {
             tracker,

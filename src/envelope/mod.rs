@@ -61,6 +61,17 @@ pub use keys::{KeyError, KeyRing, MAX_KEY_ID_LEN, MIN_SECRET_LEN};
 
 use keys::TAG_LEN;
 
+/// The header a message read from another process carries on the local
+/// bus: the node that published it (the Redis and PostgreSQL adapters set
+/// it).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(topicbus::envelope::ORIGIN_HEADER, "topicbus-origin");
+/// ```
+pub const ORIGIN_HEADER: &str = "topicbus-origin";
+
 /// The envelope version this build writes and reads.
 pub const ENVELOPE_VERSION: u8 = 1;
 

@@ -210,7 +210,7 @@ impl<T> Message<T> {
 
     /// Sets a header on a message not yet published (adapters mark what
     /// they import).
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", feature = "postgres"))]
     pub(crate) fn set_header(&mut self, name: impl Into<HeaderText>, value: impl Into<HeaderText>) {
         self.extras
             .get_or_insert_with(Box::default)

@@ -16,18 +16,14 @@ use postgres::{Client, Config, NoTls};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::outbound::{self, add, outbound_setters, Health, Outbound, POLL};
 use super::schema::migrate;
 use super::types::PgId;
 use super::{check_schema, PgError};
-use crate::adapter::{Backoff, Stop};
-use crate::bus::{HealthCheck, HealthIssue};
+use crate::adapter::Backoff;
 use crate::envelope::{Codec, Decoded};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::Mutex;
-use crate::{Bus, Message, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions};
-
-/// How often the writer looks at its stop flag while idle.
-const POLL: Duration = Duration::from_millis(50);
+use crate::{Bus, Message, OverflowPolicy, Receiver};
 
 /// How the archive table is split by `published_at` (UTC). Retention drops
 /// whole partitions, so it is as fine as the partitions are.
@@ -414,40 +410,7 @@ struct Counters {
     connected: AtomicBool,
 }
 
-fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-/// What the writer and the handle share.
-struct Shared {
-    counts: Counters,
-    stop: Stop,
-    deadline: Mutex<Option<Instant>>,
-    last_error: Mutex<Option<String>>,
-    /// Shut down: nothing to report any more.
-    done: AtomicBool,
-}
-
-/// The archive in [`Bus::health`]: degraded while the writer has no
-/// connection.
-struct Health {
-    shared: Arc<Shared>,
-    component: String,
-}
-
-impl HealthCheck for Health {
-    fn check(&self) -> Option<HealthIssue> {
-        let s = &self.shared;
-        if s.done.load(Ordering::Acquire) || s.counts.connected.load(Ordering::Relaxed) {
-            return None;
-        }
-        Some(crate::adapter::disconnected(
-            self.component.clone(),
-            "disconnected",
-            &s.last_error,
-        ))
-    }
-}
+type Shared = outbound::Shared<Counters>;
 
 /// The settings both the writer and [`PgArchive::enforce_retention`] use.
 #[derive(Clone)]
@@ -460,11 +423,7 @@ struct Settings {
 
 impl Settings {
     fn connect(&self) -> Result<Client, postgres::Error> {
-        let mut client = self.config.connect(NoTls)?;
-        // What the archive counts as written must survive a server crash,
-        // whatever the server's default.
-        client.batch_execute("SET synchronous_commit = on")?;
-        Ok(client)
+        super::connect(&self.config)
     }
 }
 
@@ -490,68 +449,27 @@ impl Settings {
 /// ```
 #[must_use]
 pub struct ArchiveBuilder {
-    conninfo: String,
-    codec: Codec,
-    schema: String,
-    export: Vec<String>,
-    node: String,
-    batch: usize,
-    linger: Duration,
-    outbox: usize,
-    overflow: OverflowPolicy,
+    out: Outbound,
     partitioning: Partitioning,
     retention: Option<Duration>,
     retention_every: Duration,
-    backoff: Backoff,
 }
 
 impl fmt::Debug for ArchiveBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ArchiveBuilder")
-            .field("schema", &self.schema)
-            .field("export", &self.export)
-            .field("batch", &self.batch)
+            .field("schema", &self.out.schema)
+            .field("export", &self.out.export)
+            .field("batch", &self.out.batch)
             .finish_non_exhaustive()
     }
 }
 
 impl ArchiveBuilder {
-    /// The schema of the tables (default `topicbus`), created and migrated
-    /// on start.
-    pub fn schema(mut self, schema: &str) -> Self {
-        schema.clone_into(&mut self.schema);
-        self
-    }
-
-    /// Archives messages whose topic matches `pattern` (call once per
-    /// pattern; without any, the archive writes nothing).
-    pub fn export(mut self, pattern: impl Into<String>) -> Self {
-        self.export.push(pattern.into());
-        self
-    }
-
-    /// The node id written in each envelope and row (default: random).
-    pub fn node_id(mut self, id: impl Into<String>) -> Self {
-        self.node = id.into();
-        self
-    }
-
-    /// A batch is written when it has `rows` messages or its first message
-    /// waited `linger`, whichever comes first (default 1,000 and 50 ms).
-    pub fn batch(mut self, rows: usize, linger: Duration) -> Self {
-        self.batch = rows;
-        self.linger = linger;
-        self
-    }
-
-    /// The outbox: how many messages wait while the database is slow or
-    /// down (default 100,000), and what happens past that (default: drop
-    /// the oldest, counted; [`OverflowPolicy::Block`] makes publishers wait).
-    pub fn outbox(mut self, capacity: usize, overflow: OverflowPolicy) -> Self {
-        self.outbox = capacity;
-        self.overflow = overflow;
-        self
-    }
+    outbound_setters!(
+        batch: "1,000 and 50 ms",
+        outbox: "(default: drop the oldest, counted; [`OverflowPolicy::Block`] makes publishers wait)."
+    );
 
     /// How the table is partitioned (default [`Partitioning::Daily`]).
     pub fn partitioning(mut self, p: Partitioning) -> Self {
@@ -573,13 +491,6 @@ impl ArchiveBuilder {
         self
     }
 
-    /// Reconnect backoff: full jitter, from `base` doubling up to `cap`
-    /// (default 50 ms to 5 s).
-    pub fn reconnect_backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.backoff = Backoff { base, cap };
-        self
-    }
-
     /// Connects, migrates the schema, subscribes the outbox and starts the
     /// writer thread. Blocks until the schema is ready.
     ///
@@ -594,60 +505,34 @@ impl ArchiveBuilder {
     where
         T: Serialize + Send + Sync + 'static,
     {
-        check_schema(&self.schema)?;
-        if self.batch == 0 || self.outbox == 0 || self.linger.is_zero() {
-            return Err(PgError::Invalid(
-                "batch rows, linger and outbox capacity must be positive",
-            ));
+        self.out.check()?;
+        if self.retention_every.is_zero() {
+            return Err(PgError::Invalid("the retention interval must be positive"));
         }
-        if self.backoff.cap.is_zero() || self.retention_every.is_zero() {
-            return Err(PgError::Invalid(
-                "backoff cap and retention interval must be positive",
-            ));
-        }
-        let patterns = self
-            .export
-            .iter()
-            .map(|p| Pattern::parse(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let config: Config = self.conninfo.parse()?;
+        let patterns = self.out.patterns()?;
+        let config: Config = self.out.conninfo.parse()?;
+        let out = self.out;
         let settings = Settings {
             config,
-            schema: self.schema,
+            schema: out.schema.clone(),
             partitioning: self.partitioning,
             retention: self.retention,
         };
         let mut client = settings.connect()?;
         migrate(&mut client, &settings.schema)?;
-        let shared = Arc::new(Shared {
-            counts: Counters::default(),
-            stop: Stop::default(),
-            deadline: Mutex::new(None),
-            last_error: Mutex::new(None),
-            done: AtomicBool::new(false),
-        });
+        let shared = Shared::new();
         shared.counts.connected.store(true, Ordering::Relaxed);
-        let outbox = if patterns.is_empty() {
-            None
-        } else {
-            let mut options = SubscribeOptions::new()
-                .capacity(self.outbox)
-                .overflow(self.overflow);
-            for p in patterns {
-                options = options.pattern(p);
-            }
-            Some(Arc::new(bus.receiver_with(options)?))
-        };
+        let outbox = out.outbox(bus, patterns, None)?;
         let writer = Writer {
             rx: outbox.clone(),
             shared: Arc::clone(&shared),
             settings: settings.clone(),
-            codec: self.codec,
-            node: self.node,
-            batch: self.batch,
-            linger: self.linger,
+            codec: out.codec,
+            node: out.node,
+            batch: out.batch,
+            linger: out.linger,
             retention_every: self.retention_every,
-            backoff: self.backoff,
+            backoff: out.backoff,
         };
         let thread = std::thread::Builder::new()
             .name("topicbus-pg-archive".into())
@@ -655,6 +540,7 @@ impl ArchiveBuilder {
         bus.add_health_check(Arc::new(Health {
             shared: Arc::clone(&shared),
             component: format!("postgres archive {}", settings.schema),
+            down: |c: &Counters| (!c.connected.load(Ordering::Relaxed)).then_some("disconnected"),
         }));
         Ok(PgArchive {
             shared,
@@ -711,22 +597,15 @@ impl PgArchive<()> {
     /// See [`ArchiveBuilder`].
     pub fn builder(conninfo: impl Into<String>, codec: Codec) -> ArchiveBuilder {
         ArchiveBuilder {
-            conninfo: conninfo.into(),
-            codec,
-            schema: "topicbus".into(),
-            export: Vec::new(),
-            node: format!("node-{:016x}", fastrand::u64(..)),
-            batch: 1_000,
-            linger: Duration::from_millis(50),
-            outbox: 100_000,
-            overflow: OverflowPolicy::DropOldest,
+            out: Outbound::new(
+                conninfo.into(),
+                codec,
+                Duration::from_millis(50),
+                OverflowPolicy::DropOldest,
+            ),
             partitioning: Partitioning::Daily,
             retention: None,
             retention_every: Duration::from_secs(3_600),
-            backoff: Backoff {
-                base: Duration::from_millis(50),
-                cap: Duration::from_secs(5),
-            },
         }
     }
 }
@@ -760,7 +639,7 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
 
     /// The last database error the writer saw, if any.
     pub fn last_error(&self) -> Option<String> {
-        self.shared.last_error.lock().clone()
+        self.shared.control.last_error()
     }
 
     /// Drops the partitions past the retention now, on a connection of its
@@ -784,13 +663,12 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
     }
 
     fn stop(&mut self, timeout: Duration) {
-        *self.shared.deadline.lock() = Some(Instant::now() + timeout);
-        self.shared.stop.stop();
+        self.shared.control.begin_stop(timeout);
         if let Some(t) = self.thread.take() {
             // A writer that panicked has nothing more to report.
             let _ = t.join();
         }
-        self.shared.done.store(true, Ordering::Release);
+        self.shared.control.finished();
     }
 }
 
@@ -877,8 +755,8 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
         let mut closed = self.rx.is_none();
         let mut next_retention = Instant::now();
         loop {
-            let stopping = self.shared.stop.is_stopped();
-            if stopping && self.past_deadline() {
+            let stopping = self.shared.control.stop.is_stopped();
+            if stopping && self.shared.control.past_deadline() {
                 break;
             }
             if rows.is_empty() && !closed {
@@ -902,7 +780,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
                     if stopping {
                         break;
                     }
-                    self.shared.stop.wait(POLL);
+                    self.shared.control.stop.wait(POLL);
                     continue;
                 }
                 if closed {
@@ -951,22 +829,12 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
         }
         let mut left = rows.len() as u64;
         if let Some(rx) = &self.rx {
-            let mut drained = 0;
-            while rx.try_recv().is_ok() {
-                drained += 1;
-            }
+            let drained = outbound::drain(rx);
             add(&c.exported, drained);
             left += drained;
         }
         add(&c.unsent, left);
         c.connected.store(false, Ordering::Relaxed);
-    }
-
-    fn past_deadline(&self) -> bool {
-        self.shared
-            .deadline
-            .lock()
-            .map_or(true, |d| Instant::now() >= d)
     }
 
     /// Makes a connection ready: the staging table.
@@ -984,34 +852,14 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
         })
     }
 
-    /// Takes a batch from the outbox: waits up to [`POLL`] for the first
-    /// message, then until the batch is full or `linger` has passed. True
-    /// when the outbox is closed for good (the bus shut down, or stopping
-    /// and empty).
+    /// Takes a batch from the outbox; true when it is closed for good.
     fn fill(&self, rows: &mut Batch<T>, stopping: bool) -> bool {
         let Some(rx) = &self.rx else {
             return true;
         };
-        let wait = if stopping { Duration::ZERO } else { POLL };
-        let first = match rx.recv_timeout(wait) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => return stopping,
-            Err(RecvTimeoutError::Closed) => return true,
-        };
-        self.take(first, rows);
-        let until = Instant::now() + self.linger;
-        while rows.len() < self.batch {
-            let left = if stopping {
-                Duration::ZERO
-            } else {
-                until.saturating_duration_since(Instant::now())
-            };
-            match rx.recv_timeout(left) {
-                Ok(m) => self.take(m, rows),
-                Err(_) => break,
-            }
-        }
-        false
+        outbound::fill(rx, self.batch, self.linger, stopping, |m| {
+            self.take(m, rows);
+        })
     }
 
     fn take(&self, m: Arc<Message<T>>, rows: &mut Batch<T>) {
@@ -1130,17 +978,9 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
     fn failed(&self, session: &mut Option<Session>, e: &PgError, failures: &mut u32) {
         *session = None;
         self.shared.counts.connected.store(false, Ordering::Relaxed);
-        *self.shared.last_error.lock() = Some(e.to_string());
-        #[cfg(feature = "tracing")]
-        tracing::warn!(target: "topicbus", error = %e, "postgres archive: write failed");
-        *failures = failures.saturating_add(1);
-        let d = self.backoff.delay(*failures);
-        if self.shared.stop.wait(d) {
-            // Stopping: still try until the deadline, without waiting longer
-            // than it allows.
-            let until = self.shared.deadline.lock().unwrap_or_else(Instant::now);
-            std::thread::sleep(d.min(until.saturating_duration_since(Instant::now())));
-        }
+        self.shared
+            .control
+            .failed("archive", e, failures, self.backoff);
     }
 }
 

@@ -1,6 +1,8 @@
 //! PostgreSQL adapter (feature `postgres`): an archive of the bus's
 //! messages written with binary `COPY` into a time-partitioned table, and
-//! read back in commit order ([`PgArchive`], [`ArchiveReader`]).
+//! read back in commit order ([`PgArchive`], [`ArchiveReader`]); and a
+//! durable lease queue shared by several processes, with retries, dead
+//! letters, delays, priorities and a transactional outbox ([`PgQueue`]).
 //!
 //! The adapter owns its threads and uses the synchronous
 //! [`postgres`](https://docs.rs/postgres) client: no async runtime in the
@@ -40,18 +42,24 @@
 //!
 //! [`ArchiveBuilder::start`], [`PgArchive::shutdown`],
 //! [`PgArchive::enforce_retention`], [`migrate`] and every
-//! [`ArchiveReader`] method do database I/O and block the calling thread;
-//! dropping a [`PgArchive`] blocks for up to a second while it flushes.
+//! [`ArchiveReader`] method do database I/O and block the calling thread,
+//! as do [`QueueBuilder::start`], [`PgQueue::publish_in`],
+//! [`PgQueue::depth`], [`PgQueue::consumers`] and [`PgQueue::shutdown`];
+//! dropping a [`PgArchive`] or a [`PgQueue`] blocks for up to a second
+//! while it flushes.
 //! Do not call them from inside an async task (the `postgres` client
 //! panics when called within a Tokio runtime); use `spawn_blocking`.
 
 mod archive;
+mod outbound;
+mod queue;
 mod schema;
 mod types;
 
 pub use archive::{
     ArchiveBuilder, ArchiveReader, ArchiveStats, ArchivedPage, Cursor, Partitioning, PgArchive,
 };
+pub use queue::{ConsumerInfo, PgQueue, QueueBuilder, QueueDepth, QueueStats, MAX_QUEUE_NAME};
 pub use schema::{migrate, SCHEMA_VERSION};
 
 /// What went wrong talking to PostgreSQL, or before.
@@ -87,6 +95,10 @@ pub enum PgError {
         /// [`SCHEMA_VERSION`].
         supported: i32,
     },
+    /// A message does not encode (its payload does not serialize, or the
+    /// envelope is over the codec's limit).
+    #[error("encode: {0}")]
+    Encode(#[from] crate::envelope::EnvelopeError),
     /// An export pattern is not a valid pattern.
     #[error("pattern: {0}")]
     Pattern(#[from] crate::TopicError),
@@ -99,6 +111,14 @@ pub enum PgError {
     /// An adapter thread could not be started.
     #[error("spawn: {0}")]
     Spawn(#[from] std::io::Error),
+}
+
+/// A connection whose commits survive a server crash, whatever the
+/// server's default: what an adapter counts as written is written.
+fn connect(config: &::postgres::Config) -> Result<::postgres::Client, ::postgres::Error> {
+    let mut client = config.connect(::postgres::NoTls)?;
+    client.batch_execute("SET synchronous_commit = on")?;
+    Ok(client)
 }
 
 /// Checks a schema name: lower-case ASCII letters, digits and `_`, not

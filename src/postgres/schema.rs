@@ -34,6 +34,49 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (published_at, msg_id)
      ) PARTITION BY RANGE (published_at);
      CREATE INDEX archive_xid_seq ON {s}.archive (xid, seq);",
+    // 2: the durable queue (one table, many named queues), the consumers'
+    // heartbeats, and the dead letters of the queue and of the bus. A
+    // queued message is keyed by its id within its queue (enqueueing it
+    // twice is a no-op); `visible_at` carries the delay, the lease and the
+    // retry backoff in one column, so one index serves the claim.
+    "CREATE TABLE {s}.queue (
+         queue       text        NOT NULL,
+         msg_id      uuid        NOT NULL,
+         topic       text        NOT NULL,
+         priority    smallint    NOT NULL,
+         visible_at  timestamptz NOT NULL,
+         enqueued_at timestamptz NOT NULL DEFAULT now(),
+         attempts    int         NOT NULL DEFAULT 0,
+         expires_at  timestamptz,
+         last_error  text,
+         envelope    bytea       NOT NULL,
+         PRIMARY KEY (queue, msg_id)
+     );
+     CREATE INDEX queue_ready ON {s}.queue (queue, priority, visible_at, msg_id);
+     CREATE TABLE {s}.consumers (
+         queue      text        NOT NULL,
+         consumer   text        NOT NULL,
+         started_at timestamptz NOT NULL DEFAULT now(),
+         last_seen  timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (queue, consumer)
+     );
+     CREATE TABLE {s}.dead_letters (
+         id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         queue         text,
+         msg_id        uuid        NOT NULL,
+         topic         text        NOT NULL,
+         reason        text        NOT NULL,
+         error_kind    text,
+         error         text,
+         subscription  bigint,
+         attempts      int         NOT NULL,
+         first_failure timestamptz NOT NULL,
+         failed_at     timestamptz NOT NULL DEFAULT now(),
+         origin        text        NOT NULL,
+         envelope      bytea       NOT NULL
+     );
+     CREATE INDEX dead_letters_queue ON {s}.dead_letters (queue, id);
+     CREATE INDEX dead_letters_failed_at ON {s}.dead_letters (failed_at);",
 ];
 
 /// Creates or upgrades the adapter's tables in `schema`; returns the

@@ -9,10 +9,9 @@ use ::redis::Msg;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::common::{
-    add, common_setters, serve_inbound, Common, Io, Running, Shared, Sink, Window, POLL,
-};
+use super::common::{add, common_setters, serve_inbound, Common, Io, Running, Shared, Sink, POLL};
 use super::{glob, AdapterError, ORIGIN_HEADER};
+use crate::adapter::Window;
 use crate::envelope::Codec;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::{Bus, Pattern, WeakBus};

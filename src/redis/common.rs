@@ -2,7 +2,6 @@
 //! outbound writer (outbox → envelopes → pipelined commands), the
 //! deduplication window, the health check.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,8 +15,8 @@ use crate::envelope::Codec;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Mutex;
 use crate::{
-    Bus, Message, MessageId, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions,
-    Topic, TryRecvError,
+    Bus, Message, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions, Topic,
+    TryRecvError,
 };
 
 /// How often the adapter threads look at their stop flag while idle.
@@ -702,51 +701,9 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
     }
 }
 
-/// The last `cap` message ids seen.
-pub(super) struct Window {
-    set: HashSet<MessageId>,
-    order: VecDeque<MessageId>,
-    cap: usize,
-}
-
-impl Window {
-    pub(super) fn new(cap: usize) -> Self {
-        Self {
-            set: HashSet::with_capacity(cap.min(1 << 16)),
-            order: VecDeque::with_capacity(cap.min(1 << 16)),
-            cap,
-        }
-    }
-
-    /// False when `id` is in the window; else remembers it.
-    pub(super) fn insert(&mut self, id: MessageId) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_window_forgets_the_oldest_first() {
-        let ids: Vec<MessageId> = (0..4).map(|_| MessageId::new()).collect();
-        let mut w = Window::new(2);
-        assert!(w.insert(ids[0]) && w.insert(ids[1]));
-        assert!(!w.insert(ids[0]) && !w.insert(ids[1]));
-        assert!(w.insert(ids[2]));
-        assert!(w.insert(ids[0]), "the oldest was forgotten");
-        assert!(!w.insert(ids[2]));
-    }
 
     /// The hand-packed commands are byte for byte what the `redis` crate
     /// packs for the same arguments.

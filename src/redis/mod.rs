@@ -54,7 +54,7 @@ pub use streams::{RedisStreams, StreamStats, StreamsBuilder};
 /// The header an imported message carries: the node that published it.
 /// The bridge never exports a message carrying it, so messages do not
 /// bounce between nodes.
-pub const ORIGIN_HEADER: &str = "topicbus-origin";
+pub use crate::envelope::ORIGIN_HEADER;
 
 /// Why an adapter could not start.
 ///

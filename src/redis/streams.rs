@@ -11,10 +11,9 @@ use ::redis::{Connection, RedisResult, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::common::{
-    add, common_setters, serve_inbound, Common, Io, Running, Shared, Sink, Window, FIELD,
-};
+use super::common::{add, common_setters, serve_inbound, Common, Io, Running, Shared, Sink, FIELD};
 use super::AdapterError;
+use crate::adapter::Window;
 use crate::bus::Tracked;
 use crate::envelope::Codec;
 use crate::sync::atomic::{AtomicU64, Ordering};

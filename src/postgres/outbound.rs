@@ -1,0 +1,304 @@
+//! What the archive and the queue's producing side share: the outbound
+//! settings and their setters, the outbox subscription, taking batches
+//! from it, and the stop / deadline / last-error control of the threads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::PgError;
+use crate::adapter::{Backoff, Stop};
+use crate::bus::{HealthCheck, HealthIssue};
+use crate::envelope::Codec;
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::Mutex;
+use crate::{Bus, Message, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions};
+
+/// How often idle threads look at their stop flag.
+pub(super) const POLL: Duration = Duration::from_millis(50);
+
+/// The outbound settings of a builder.
+pub(super) struct Outbound {
+    pub(super) conninfo: String,
+    pub(super) codec: Codec,
+    pub(super) schema: String,
+    pub(super) export: Vec<String>,
+    pub(super) node: String,
+    pub(super) batch: usize,
+    pub(super) linger: Duration,
+    pub(super) outbox: usize,
+    pub(super) overflow: OverflowPolicy,
+    pub(super) backoff: Backoff,
+}
+
+impl Outbound {
+    pub(super) fn new(
+        conninfo: String,
+        codec: Codec,
+        linger: Duration,
+        overflow: OverflowPolicy,
+    ) -> Self {
+        Self {
+            conninfo,
+            codec,
+            schema: "topicbus".into(),
+            export: Vec::new(),
+            node: format!("node-{:016x}", fastrand::u64(..)),
+            batch: 1_000,
+            linger,
+            outbox: 100_000,
+            overflow,
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                cap: Duration::from_secs(5),
+            },
+        }
+    }
+
+    /// Checks the shared settings.
+    pub(super) fn check(&self) -> Result<(), PgError> {
+        super::check_schema(&self.schema)?;
+        if self.batch == 0
+            || self.outbox == 0
+            || self.linger.is_zero()
+            || self.backoff.cap.is_zero()
+        {
+            return Err(PgError::Invalid(
+                "batch rows, linger, outbox capacity and backoff cap must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The export patterns, parsed.
+    pub(super) fn patterns(&self) -> Result<Vec<Pattern>, PgError> {
+        Ok(self
+            .export
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The outbox: a bounded pull subscription to the export patterns
+    /// (none without patterns), narrowed by `filter`.
+    pub(super) fn outbox<T: Send + Sync + 'static>(
+        &self,
+        bus: &Bus<T>,
+        patterns: Vec<Pattern>,
+        filter: Option<fn(&Message<T>) -> bool>,
+    ) -> Result<Option<Arc<Receiver<T>>>, PgError> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let mut options = SubscribeOptions::new()
+            .capacity(self.outbox)
+            .overflow(self.overflow);
+        if let Some(f) = filter {
+            options = options.filter(f);
+        }
+        for p in patterns {
+            options = options.pattern(p);
+        }
+        Ok(Some(Arc::new(bus.receiver_with(options)?)))
+    }
+}
+
+/// The setters of [`Outbound`] on a builder with a field `out`; the
+/// arguments are the defaults the docs state.
+macro_rules! outbound_setters {
+    (batch: $batch:literal, outbox: $outbox:literal) => {
+        /// The schema of the tables (default `topicbus`), created and
+        /// migrated on start.
+        pub fn schema(mut self, schema: &str) -> Self {
+            schema.clone_into(&mut self.out.schema);
+            self
+        }
+
+        /// Takes local messages whose topic matches `pattern` (call once
+        /// per pattern), through a bounded outbox drained by one writer
+        /// thread.
+        pub fn export(mut self, pattern: impl Into<String>) -> Self {
+            self.out.export.push(pattern.into());
+            self
+        }
+
+        /// The node id written in each envelope and row (default: random).
+        pub fn node_id(mut self, id: impl Into<String>) -> Self {
+            self.out.node = id.into();
+            self
+        }
+
+        #[doc = concat!(
+                            "A batch is written when it has `rows` messages or its first ",
+                            "message waited `linger`, whichever comes first (default ",
+                            $batch,
+                            ")."
+                        )]
+        pub fn batch(mut self, rows: usize, linger: std::time::Duration) -> Self {
+            self.out.batch = rows;
+            self.out.linger = linger;
+            self
+        }
+
+        #[doc = concat!(
+                            "The outbox: how many messages wait while the database is slow ",
+                            "or down (default 100,000), and what happens past that ",
+                            $outbox
+                        )]
+        pub fn outbox(mut self, capacity: usize, overflow: $crate::OverflowPolicy) -> Self {
+            self.out.outbox = capacity;
+            self.out.overflow = overflow;
+            self
+        }
+
+        /// Reconnect backoff: full jitter, from `base` doubling up to `cap`
+        /// (default 50 ms to 5 s).
+        pub fn reconnect_backoff(
+            mut self,
+            base: std::time::Duration,
+            cap: std::time::Duration,
+        ) -> Self {
+            self.out.backoff = $crate::adapter::Backoff { base, cap };
+            self
+        }
+    };
+}
+pub(super) use outbound_setters;
+
+/// Takes a batch from `rx` into `take`: waits up to [`POLL`] for the first
+/// message, then until `batch` messages or `linger` has passed. True when
+/// the outbox is closed for good (the bus shut down, or stopping and
+/// empty).
+pub(super) fn fill<T: Send + Sync + 'static>(
+    rx: &Receiver<T>,
+    batch: usize,
+    linger: Duration,
+    stopping: bool,
+    mut take: impl FnMut(Arc<Message<T>>),
+) -> bool {
+    let wait = if stopping { Duration::ZERO } else { POLL };
+    let first = match rx.recv_timeout(wait) {
+        Ok(m) => m,
+        Err(RecvTimeoutError::Timeout) => return stopping,
+        Err(RecvTimeoutError::Closed) => return true,
+    };
+    take(first);
+    let until = Instant::now() + linger;
+    for _ in 1..batch {
+        let left = if stopping {
+            Duration::ZERO
+        } else {
+            until.saturating_duration_since(Instant::now())
+        };
+        match rx.recv_timeout(left) {
+            Ok(m) => take(m),
+            Err(_) => break,
+        }
+    }
+    false
+}
+
+/// Empties `rx` at the end; returns how many it held.
+pub(super) fn drain<T: Send + Sync + 'static>(rx: &Receiver<T>) -> u64 {
+    let mut n = 0;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+/// Adds `n` to a counter.
+pub(super) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What an adapter's threads and its handle share: its counters and the
+/// control.
+pub(super) struct Shared<C> {
+    pub(super) counts: C,
+    pub(super) control: Control,
+}
+
+impl<C: Default> Shared<C> {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            counts: C::default(),
+            control: Control::default(),
+        })
+    }
+}
+
+/// An adapter in [`Bus::health`]: degraded while `down` names a link that
+/// is down, until it is shut down.
+pub(super) struct Health<C> {
+    pub(super) shared: Arc<Shared<C>>,
+    pub(super) component: String,
+    pub(super) down: fn(&C) -> Option<&'static str>,
+}
+
+impl<C: Send + Sync + 'static> HealthCheck for Health<C> {
+    fn check(&self) -> Option<HealthIssue> {
+        let s = &self.shared;
+        if s.control.is_done() {
+            return None;
+        }
+        let what = (self.down)(&s.counts)?;
+        Some(crate::adapter::disconnected(
+            self.component.clone(),
+            what,
+            &s.control.last_error,
+        ))
+    }
+}
+
+/// The stop flag, shutdown deadline and last error an adapter's threads
+/// and its handle share.
+#[derive(Default)]
+pub(super) struct Control {
+    pub(super) stop: Stop,
+    deadline: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+    /// Shut down: nothing to report any more.
+    done: AtomicBool,
+}
+
+impl Control {
+    /// Stopping, and the shutdown deadline has passed.
+    pub(super) fn past_deadline(&self) -> bool {
+        self.deadline.lock().map_or(true, |d| Instant::now() >= d)
+    }
+
+    /// Starts the shutdown: the threads have until `timeout` from now.
+    pub(super) fn begin_stop(&self, timeout: Duration) {
+        *self.deadline.lock() = Some(Instant::now() + timeout);
+        self.stop.stop();
+    }
+
+    /// The threads are joined.
+    pub(super) fn finished(&self) {
+        self.done.store(true, Ordering::Release);
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    pub(super) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
+    /// A link failed: note why, back off (no longer than the deadline
+    /// allows once stopping).
+    pub(super) fn failed(&self, what: &str, e: &PgError, failures: &mut u32, backoff: Backoff) {
+        *self.last_error.lock() = Some(e.to_string());
+        #[cfg(feature = "tracing")]
+        tracing::warn!(target: "topicbus", error = %e, "postgres {what}: failed");
+        #[cfg(not(feature = "tracing"))]
+        let _ = what;
+        *failures = failures.saturating_add(1);
+        let d = backoff.delay(*failures);
+        if self.stop.wait(d) {
+            let until = self.deadline.lock().unwrap_or_else(Instant::now);
+            std::thread::sleep(d.min(until.saturating_duration_since(Instant::now())));
+        }
+    }
+}
