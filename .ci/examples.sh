@@ -12,3 +12,5 @@ cargo run --release --example request_reply
 cargo run --release --example order_processing
 cargo run --release --example metrics --features prometheus
 cargo run --release --example redis_bridge --features redis
+cargo run --release --example postgres_queue --features postgres
+cargo run --release --example audit_log --features postgres

@@ -19,6 +19,25 @@
 //! batches (the count rounded up, its time scaled back), so the adapter's
 //! last batch does not wait out a linger sustained load never sees.
 //!
+//! The durable queue, end to end (enqueue → claim → handler → ack), on a
+//! second cluster:
+//!
+//! - `pg_queue/raw_skip_locked`: one thread inserts prepared rows in
+//!   batches of 1,000 (`INSERT … SELECT FROM unnest … ON CONFLICT DO
+//!   NOTHING`) while another claims 500 at a time (`FOR UPDATE SKIP
+//!   LOCKED`, lease, attempt count) and deletes them: the adapter's
+//!   statements with nothing around them.
+//! - `pg_queue/raw_codec`: the same, encoding and signing each message
+//!   before the insert and verifying and decoding it after the claim.
+//! - `pg_queue/adapter_{1,2}_consumer`: publish on one bus → its queue's
+//!   outbox and writer → the table → a consumer (one or two threads) of a
+//!   second bus → a no-op handler → the batched delete.
+//!
+//! And `pg_outage/publish_{no_adapter,db_up,db_down}`: the time of one
+//! `publish` on a bus whose archive and queue both export it, while the
+//! database is up and after `pg_ctl stop -m immediate`, against a bus
+//! without adapters in the same run (p50 / p99 / p99.9 printed).
+//!
 //! Figures: `perf-reports/postgres.md`.
 
 #![allow(missing_docs)]
@@ -33,7 +52,7 @@ use pg_server::PgCluster;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use topicbus::envelope::{Codec, KeyRing};
-use topicbus::postgres::{migrate, PgArchive};
+use topicbus::postgres::{migrate, PgArchive, PgQueue};
 use topicbus::{Bus, Message, OverflowPolicy, Topic};
 
 const BATCH: usize = 1_000;
@@ -62,6 +81,14 @@ impl postgres::types::ToSql for Uuid {
 
     postgres::types::accepts!(UUID);
     postgres::types::to_sql_checked!();
+}
+
+impl<'a> postgres::types::FromSql<'a> for Uuid {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(u128::from_be_bytes(raw.try_into()?)))
+    }
+
+    postgres::types::accepts!(UUID);
 }
 
 /// What the raw loop writes per row.
@@ -141,12 +168,31 @@ fn whole(n: u64) -> u64 {
     n.div_ceil(BATCH as u64) * BATCH as u64
 }
 
+/// Publishes whole batches covering `n` on `bus` and waits until `done`
+/// counted them all; returns the time as the time of `n`.
+fn through(bus: &Bus<String>, topic: &Topic, n: u64, done: impl Fn() -> u64) -> Duration {
+    let m = whole(n);
+    let base = done();
+    let start = Instant::now();
+    for i in 0..m {
+        bus.publish(topic, payload(i)).expect("publish");
+    }
+    // Sleeping, not spinning: the adapter's threads and the server need
+    // both cores more than this thread needs a prompt wake-up.
+    while done() < base + m {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    scaled(start.elapsed(), n, m)
+}
+
 /// The time of `m` rows as the time of `n`.
 fn scaled(t: Duration, n: u64, m: u64) -> Duration {
     t.mul_f64(n as f64 / m as f64)
 }
 
-fn archive(c: &mut Criterion) {
+/// A private cluster set for benchmarking, a database on it, and a client
+/// of that database with the adapter's schema migrated.
+fn cluster() -> (PgCluster, String, postgres::Client) {
     let cluster = PgCluster::start().expect("PostgreSQL 15 binaries are needed for this benchmark");
     let db = cluster.database();
     let mut client = postgres::Client::connect(&db, postgres::NoTls).expect("connect");
@@ -162,9 +208,16 @@ fn archive(c: &mut Criterion) {
     }
     migrate(&mut client, "topicbus").expect("migrate");
     client
+        .batch_execute("SET synchronous_commit = on")
+        .expect("durable commits");
+    (cluster, db, client)
+}
+
+fn archive(c: &mut Criterion) {
+    let (_cluster, db, mut client) = cluster();
+    client
         .batch_execute(
-            "SET synchronous_commit = on;
-             CREATE TEMP TABLE raw_stage (msg_id uuid, topic text, published_at timestamptz,
+            "CREATE TEMP TABLE raw_stage (msg_id uuid, topic text, published_at timestamptz,
                                           origin text, envelope bytea) ON COMMIT DELETE ROWS",
         )
         .expect("staging");
@@ -227,18 +280,7 @@ fn archive(c: &mut Criterion) {
     g.bench_function("adapter", |b| {
         b.iter_custom(|n| {
             empty(&mut client);
-            let m = whole(n);
-            let base = archive.stats().archived;
-            let start = Instant::now();
-            for i in 0..m {
-                bus.publish(&topic, payload(i)).expect("publish");
-            }
-            // Sleeping, not spinning: the writer and the server need both
-            // cores more than this thread needs a prompt wake-up.
-            while archive.stats().archived < base + m {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            scaled(start.elapsed(), n, m)
+            through(&bus, &topic, n, || archive.stats().archived)
         })
     });
     g.finish();
@@ -250,5 +292,239 @@ fn archive(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, archive);
+/// What the raw queue loop does besides the statements.
+#[derive(Clone, Copy)]
+enum Handling {
+    /// Nothing: prepared envelopes in, nothing done with them out (the
+    /// database's ceiling).
+    Nothing,
+    /// Build, encode and sign each message before the insert; verify and
+    /// decode it after the claim (the adapter's work around its bus).
+    Decode,
+}
+
+/// The raw queue loop: one thread inserts `n` rows in batches of `BATCH`
+/// (`INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING`), this one
+/// claims `CLAIM` at a time (`FOR UPDATE SKIP LOCKED`, lease, attempt) and
+/// deletes them; returns when all `n` are deleted.
+fn raw_queue(
+    producer: &mut postgres::Client,
+    consumer: &mut postgres::Client,
+    n: u64,
+    codec: &Codec,
+    handling: Handling,
+    mut envelope: impl FnMut(u64) -> (u128, Vec<u8>) + Send,
+) {
+    let insert = "INSERT INTO topicbus.queue (queue, msg_id, topic, priority, visible_at, envelope)
+                  SELECT 'raw', u.id, 'orders.eu.created', 1, now(), u.envelope
+                  FROM unnest($1::uuid[], $2::bytea[]) AS u(id, envelope)
+                  ON CONFLICT DO NOTHING";
+    let claim = "WITH c AS MATERIALIZED (
+                     SELECT msg_id FROM topicbus.queue
+                     WHERE queue = 'raw' AND visible_at <= now()
+                     ORDER BY priority, visible_at, msg_id LIMIT $1
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE topicbus.queue q
+                 SET visible_at = now() + interval '30 seconds', attempts = q.attempts + 1
+                 FROM c WHERE q.queue = 'raw' AND q.msg_id = c.msg_id
+                 RETURNING q.msg_id, q.envelope";
+    let delete = "DELETE FROM topicbus.queue WHERE queue = 'raw' AND msg_id = ANY($1)";
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut i = 0;
+            while i < n {
+                let end = (i + BATCH as u64).min(n);
+                let (ids, envelopes): (Vec<Uuid>, Vec<Vec<u8>>) = (i..end)
+                    .map(&mut envelope)
+                    .map(|(id, e)| (Uuid(id), e))
+                    .unzip();
+                producer
+                    .execute(insert, &[&ids, &envelopes])
+                    .expect("insert");
+                i = end;
+            }
+        });
+        let mut done = 0;
+        while done < n {
+            let rows = consumer.query(claim, &[&CLAIM]).expect("claim");
+            if rows.is_empty() {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            let mut ids = Vec::with_capacity(rows.len());
+            for r in &rows {
+                if let Handling::Decode = handling {
+                    let bytes: &[u8] = r.get(1);
+                    codec.decode::<String>(bytes).expect("decode");
+                }
+                ids.push(r.get::<_, Uuid>(0));
+            }
+            done += consumer.execute(delete, &[&ids]).expect("ack");
+        }
+    });
+}
+
+/// Rows claimed per statement, by both sides.
+const CLAIM: i64 = 500;
+
+fn queue(c: &mut Criterion) {
+    let (_cluster, db, mut consumer) = cluster();
+    let mut producer = postgres::Client::connect(&db, postgres::NoTls).expect("connect");
+    producer
+        .batch_execute("SET synchronous_commit = on")
+        .expect("durable commits");
+    let codec = codec();
+    let topic = Topic::parse("orders.eu.created").expect("topic");
+    let prepared = codec
+        .encode(&Message::builder(topic.clone(), payload(0)).build(), "raw")
+        .expect("encode");
+    let empty = |client: &mut postgres::Client| {
+        client
+            .batch_execute("TRUNCATE topicbus.queue")
+            .expect("truncate");
+    };
+
+    let mut g = c.benchmark_group("pg_queue");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    for (name, handling) in [
+        ("raw_skip_locked", Handling::Nothing),
+        ("raw_codec", Handling::Decode),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| {
+                empty(&mut consumer);
+                let m = whole(n);
+                let start = Instant::now();
+                raw_queue(
+                    &mut producer,
+                    &mut consumer,
+                    m,
+                    &codec,
+                    handling,
+                    |i| match handling {
+                        Handling::Nothing => {
+                            (topicbus::MessageId::new().as_u128(), prepared.clone())
+                        }
+                        Handling::Decode => {
+                            let m = Message::builder(topic.clone(), payload(i)).build();
+                            (m.id().as_u128(), codec.encode(&m, "raw").expect("encode"))
+                        }
+                    },
+                );
+                scaled(start.elapsed(), n, m)
+            })
+        });
+    }
+    for consumers in [1, 2] {
+        let out = Bus::<String>::builder().workers(1).build().expect("bus");
+        let input = Bus::<String>::builder().workers(1).build().expect("bus");
+        let _handler = input
+            .subscribe("orders.#", |_m: &Message<String>| ())
+            .expect("subscribe");
+        let enqueue = PgQueue::builder(db.as_str(), codec.clone(), "orders")
+            .export("orders.#")
+            .batch(BATCH, Duration::from_millis(5))
+            .outbox(1 << 21, OverflowPolicy::DropNewest)
+            .start(&out)
+            .expect("producer");
+        let consume = PgQueue::builder(db.as_str(), codec.clone(), "orders")
+            .consume()
+            .consumers(consumers)
+            .claim(CLAIM as usize)
+            .start(&input)
+            .expect("consumer");
+        g.bench_function(format!("adapter_{consumers}_consumer"), |b| {
+            b.iter_custom(|n| {
+                empty(&mut consumer);
+                through(&out, &topic, n, || consume.stats().acked)
+            })
+        });
+        let (p, q) = (
+            enqueue.shutdown(Duration::from_secs(30)),
+            consume.shutdown(Duration::from_secs(30)),
+        );
+        assert_eq!(
+            (p.outbox_dropped, p.duplicates, q.retried, q.dead_lettered),
+            (0, 0, 0, 0),
+            "the benchmark lost or retried nothing: {p:?} {q:?}"
+        );
+    }
+    g.finish();
+}
+
+/// Publishes on `bus` for a sample of `n`, timing each publish into
+/// `latency` (nanoseconds); returns the sample's total.
+fn timed_publishes(
+    bus: &Bus<String>,
+    topic: &Topic,
+    n: u64,
+    latency: &mut hdrhistogram::Histogram<u64>,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for i in 0..n {
+        let payload = payload(i);
+        let start = Instant::now();
+        bus.publish(topic, payload).expect("publish");
+        let took = start.elapsed();
+        total += took;
+        latency.saturating_record(took.as_nanos() as u64);
+    }
+    total
+}
+
+/// The publish latency of a bus whose archive and queue export every
+/// message, while the database is up and while it is down, against a bus
+/// without adapters, in the same run. Percentiles go to standard output.
+fn outage(c: &mut Criterion) {
+    let (mut cluster, db, _client) = cluster();
+    let codec = codec();
+    let topic = Topic::parse("orders.eu.created").expect("topic");
+    let plain = Bus::<String>::builder().workers(1).build().expect("bus");
+    let bus = Bus::<String>::builder().workers(1).build().expect("bus");
+    let archive = PgArchive::builder(db.as_str(), codec.clone())
+        .export("orders.#")
+        .outbox(100_000, OverflowPolicy::DropOldest)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .start(&bus)
+        .expect("archive");
+    let queue = PgQueue::builder(db.as_str(), codec.clone(), "orders")
+        .export("orders.#")
+        .outbox(100_000, OverflowPolicy::DropNewest)
+        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .start(&bus)
+        .expect("queue");
+    let mut g = c.benchmark_group("pg_outage");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    let run = |g: &mut criterion::BenchmarkGroup<'_, _>, name: &str, bus: &Bus<String>| {
+        let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .expect("histogram");
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| timed_publishes(bus, &topic, n, &mut latency))
+        });
+        println!(
+            "pg_outage/{name}: publish latency p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} publishes)",
+            latency.value_at_quantile(0.5),
+            latency.value_at_quantile(0.99),
+            latency.value_at_quantile(0.999),
+            latency.max(),
+            latency.len()
+        );
+    };
+    run(&mut g, "publish_no_adapter", &plain);
+    run(&mut g, "publish_db_up", &bus);
+    cluster.crash();
+    run(&mut g, "publish_db_down", &bus);
+    g.finish();
+    let (a, q) = (archive.stats(), queue.stats());
+    println!(
+        "pg_outage: while down the archive dropped {} and the queue {} (counted), neither connected: {} {}",
+        a.outbox_dropped, q.outbox_dropped, a.connected, q.producer_connected
+    );
+    cluster.start_again();
+    drop((archive, queue));
+}
+
+criterion_group!(benches, archive, queue, outage);
 criterion_main!(benches);

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
 use postgres::types::Type;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::outbound::{self, add, outbound_setters, Health, Outbound, POLL};
 use super::schema::migrate;
 use super::types::PgId;
-use super::{check_schema, PgError};
+use super::PgError;
 use crate::adapter::Backoff;
 use crate::envelope::{Codec, Decoded};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -238,18 +238,9 @@ impl<T> ArchivedPage<T> {
 /// println!("{} messages, next from {}", page.messages.len(), page.next);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[derive(Debug)]
 pub struct ArchiveReader {
-    client: Client,
-    codec: Codec,
-    schema: String,
-}
-
-impl fmt::Debug for ArchiveReader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ArchiveReader")
-            .field("schema", &self.schema)
-            .finish_non_exhaustive()
-    }
+    db: super::Reading,
 }
 
 impl ArchiveReader {
@@ -261,9 +252,7 @@ impl ArchiveReader {
     /// [`PgError::Postgres`] when the connection fails.
     pub fn connect(conninfo: &str, codec: Codec) -> Result<Self, PgError> {
         Ok(Self {
-            client: Client::connect(conninfo, NoTls)?,
-            codec,
-            schema: "topicbus".into(),
+            db: super::Reading::connect(conninfo, codec)?,
         })
     }
 
@@ -273,8 +262,7 @@ impl ArchiveReader {
     ///
     /// [`PgError::Invalid`] for a name that is not plain lower-case.
     pub fn schema(mut self, schema: &str) -> Result<Self, PgError> {
-        check_schema(schema)?;
-        self.schema = schema.to_owned();
+        self.db.schema(schema)?;
         Ok(self)
     }
 
@@ -293,7 +281,9 @@ impl ArchiveReader {
     }
 
     /// As [`read`](Self::read), keeping only messages published at or after
-    /// `since` (replay from a time: start at [`Cursor::START`]).
+    /// `since` (replay from a time: start at [`Cursor::START`]). Times are
+    /// kept to the microsecond, as PostgreSQL does: a message published in
+    /// the same microsecond just before `since` counts as at `since`.
     ///
     /// # Errors
     ///
@@ -313,7 +303,7 @@ impl ArchiveReader {
         since: Option<SystemTime>,
         limit: usize,
     ) -> Result<ArchivedPage<T>, PgError> {
-        let s = &self.schema;
+        let s = &self.db.schema;
         let sql = format!(
             "SELECT xid::text, seq, envelope FROM {s}.archive
              WHERE (xid, seq) > ($1::text::xid8, $2)
@@ -323,6 +313,7 @@ impl ArchiveReader {
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
+            .db
             .client
             .query(&sql, &[&after.xid.to_string(), &after.seq, &since, &limit])?;
         let mut page = ArchivedPage {
@@ -337,7 +328,7 @@ impl ArchiveReader {
                 xid: xid.parse().unwrap_or(u64::MAX),
                 seq: row.get(1),
             };
-            match self.codec.decode::<T>(row.get(2)) {
+            match self.db.codec.decode::<T>(row.get(2)) {
                 Ok(d) => page.messages.push(d),
                 Err(_) => page.rejected += 1,
             }

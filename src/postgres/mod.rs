@@ -51,6 +51,7 @@
 //! panics when called within a Tokio runtime); use `spawn_blocking`.
 
 mod archive;
+mod dead_letters;
 mod outbound;
 mod queue;
 mod schema;
@@ -58,6 +59,9 @@ mod types;
 
 pub use archive::{
     ArchiveBuilder, ArchiveReader, ArchiveStats, ArchivedPage, Cursor, Partitioning, PgArchive,
+};
+pub use dead_letters::{
+    LetterPage, LetterQuery, PgDeadLetterSink, PgDeadLetters, SinkStats, StoredLetter,
 };
 pub use queue::{ConsumerInfo, PgQueue, QueueBuilder, QueueDepth, QueueStats, MAX_QUEUE_NAME};
 pub use schema::{migrate, SCHEMA_VERSION};
@@ -119,6 +123,39 @@ fn connect(config: &::postgres::Config) -> Result<::postgres::Client, ::postgres
     let mut client = config.connect(::postgres::NoTls)?;
     client.batch_execute("SET synchronous_commit = on")?;
     Ok(client)
+}
+
+/// A connection of its own for reading a schema's tables, with the codec
+/// that verifies what it reads ([`ArchiveReader`], [`PgDeadLetters`]).
+struct Reading {
+    client: ::postgres::Client,
+    codec: crate::envelope::Codec,
+    schema: String,
+}
+
+impl Reading {
+    fn connect(conninfo: &str, codec: crate::envelope::Codec) -> Result<Self, PgError> {
+        let config: ::postgres::Config = conninfo.parse()?;
+        Ok(Self {
+            client: connect(&config)?,
+            codec,
+            schema: "topicbus".into(),
+        })
+    }
+
+    fn schema(&mut self, schema: &str) -> Result<(), PgError> {
+        check_schema(schema)?;
+        schema.clone_into(&mut self.schema);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reading")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Checks a schema name: lower-case ASCII letters, digits and `_`, not

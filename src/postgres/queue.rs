@@ -166,16 +166,7 @@ impl Sql {
     }
 
     fn enqueue(&self) -> String {
-        format!(
-            "INSERT INTO {}.queue (queue, msg_id, topic, priority, visible_at, expires_at, envelope)
-             SELECT $1, u.id, u.topic, u.priority, coalesce(u.visible_at, now()), u.expires_at,
-                    u.envelope
-             FROM unnest($2::uuid[], $3::text[], $4::int2[], $5::timestamptz[],
-                         $6::timestamptz[], $7::bytea[])
-                  AS u(id, topic, priority, visible_at, expires_at, envelope)
-             ON CONFLICT DO NOTHING",
-            self.schema
-        )
+        enqueue_sql(&self.schema)
     }
 
     fn claim(&self) -> String {
@@ -263,6 +254,20 @@ impl Sql {
             self.schema
         )
     }
+}
+
+/// Inserts [`Rows`] into a queue of `schema`: `$1` the queue, the rest
+/// the columns; a message already queued there is left alone.
+pub(super) fn enqueue_sql(schema: &str) -> String {
+    format!(
+        "INSERT INTO {schema}.queue (queue, msg_id, topic, priority, visible_at, expires_at, envelope)
+         SELECT $1, u.id, u.topic, u.priority, coalesce(u.visible_at, now()), u.expires_at,
+                u.envelope
+         FROM unnest($2::uuid[], $3::text[], $4::int2[], $5::timestamptz[],
+                     $6::timestamptz[], $7::bytea[])
+              AS u(id, topic, priority, visible_at, expires_at, envelope)
+         ON CONFLICT DO NOTHING"
+    )
 }
 
 /// The notification channel of `queue` in `schema`: a stable 64-bit FNV-1a
@@ -877,7 +882,7 @@ impl<T: Send + Sync + 'static> Drop for PgQueue<T> {
 
 /// Encoded messages, column by column, ready for one `unnest` insert.
 #[derive(Default)]
-struct Rows {
+pub(super) struct Rows {
     ids: Vec<PgId>,
     topics: Vec<String>,
     priorities: Vec<i16>,
@@ -889,7 +894,7 @@ struct Rows {
 impl Rows {
     /// Adds `m`; `delayed` keeps its `deliver_at` as the visibility time
     /// (messages from the outbox were delivered on time already).
-    fn push<T>(&mut self, m: &Message<T>, envelope: Vec<u8>, delayed: bool) {
+    pub(super) fn push<T>(&mut self, m: &Message<T>, envelope: Vec<u8>, delayed: bool) {
         self.ids.push(PgId(m.id()));
         self.topics.push(m.topic().as_str().to_owned());
         self.priorities.push(priority(m));
@@ -913,7 +918,7 @@ impl Rows {
     }
 
     /// Inserts the rows into `queue`; returns how many were new.
-    fn insert(
+    pub(super) fn insert(
         &self,
         client: &mut impl postgres::GenericClient,
         sql: &str,
