@@ -33,10 +33,14 @@
 //!   outbox and writer → the table → a consumer (one or two threads) of a
 //!   second bus → a no-op handler → the batched delete.
 //!
-//! And `pg_outage/publish_{no_adapter,db_up,db_down}`: the time of one
-//! `publish` on a bus whose archive and queue both export it, while the
-//! database is up and after `pg_ctl stop -m immediate`, against a bus
-//! without adapters in the same run (p50 / p99 / p99.9 printed).
+//! And `pg_outage/publish_{no_adapter,db_up,db_slow,db_down}`: the time
+//! of one `publish` on a bus whose archive and queue both export it, while
+//! the database is up, slow (every insert statement into the archive and
+//! the queue waits 50 ms in a trigger) and after `pg_ctl stop -m
+//! immediate`, against a bus without adapters in the same run (p50 / p99 /
+//! p99.9 printed). `pg_outage/route_{db_up,db_slow,db_down}`: the same
+//! through a `Router` (best effort, not local) to the outlets of a second
+//! bus's routable archive and queue.
 //!
 //! Figures: `perf-reports/postgres.md`.
 
@@ -52,7 +56,8 @@ use pg_server::PgCluster;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use topicbus::envelope::{Codec, KeyRing};
-use topicbus::postgres::{migrate, PgArchive, PgQueue};
+use topicbus::postgres::{migrate, ArchiveBuilder, PgArchive, PgQueue, QueueBuilder};
+use topicbus::route::{Router, Strategy};
 use topicbus::{Bus, Message, OverflowPolicy, Topic};
 
 const BATCH: usize = 1_000;
@@ -453,11 +458,10 @@ fn queue(c: &mut Criterion) {
     g.finish();
 }
 
-/// Publishes on `bus` for a sample of `n`, timing each publish into
-/// `latency` (nanoseconds); returns the sample's total.
+/// Runs `publish` for a sample of `n`, timing each call into `latency`
+/// (nanoseconds); returns the sample's total.
 fn timed_publishes(
-    bus: &Bus<String>,
-    topic: &Topic,
+    publish: &dyn Fn(String),
     n: u64,
     latency: &mut hdrhistogram::Histogram<u64>,
 ) -> Duration {
@@ -465,7 +469,7 @@ fn timed_publishes(
     for i in 0..n {
         let payload = payload(i);
         let start = Instant::now();
-        bus.publish(topic, payload).expect("publish");
+        publish(payload);
         let took = start.elapsed();
         total += took;
         latency.saturating_record(took.as_nanos() as u64);
@@ -473,35 +477,82 @@ fn timed_publishes(
     total
 }
 
+/// An archive and a queue on `bus` with the outage benchmark's settings;
+/// `setup` adds exports or makes them routable.
+fn outage_adapters(
+    db: &str,
+    codec: &Codec,
+    bus: &Bus<String>,
+    archive: impl FnOnce(ArchiveBuilder) -> ArchiveBuilder,
+    queue: impl FnOnce(QueueBuilder) -> QueueBuilder,
+) -> (PgArchive<String>, PgQueue<String>) {
+    let a = archive(
+        PgArchive::builder(db, codec.clone())
+            .outbox(100_000, OverflowPolicy::DropOldest)
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500)),
+    )
+    .start(bus)
+    .expect("archive");
+    let q = queue(
+        PgQueue::builder(db, codec.clone(), "orders")
+            .outbox(100_000, OverflowPolicy::DropNewest)
+            .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500)),
+    )
+    .start(bus)
+    .expect("queue");
+    (a, q)
+}
+
+/// Every insert statement into the archive and the queue waits 50 ms: a
+/// database that is up but slow.
+const SLOW: &str = "
+    CREATE FUNCTION topicbus.bench_slow() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$;
+    CREATE TRIGGER bench_slow BEFORE INSERT ON topicbus.archive
+        FOR EACH STATEMENT EXECUTE FUNCTION topicbus.bench_slow();
+    CREATE TRIGGER bench_slow BEFORE INSERT ON topicbus.queue
+        FOR EACH STATEMENT EXECUTE FUNCTION topicbus.bench_slow();";
+
 /// The publish latency of a bus whose archive and queue export every
-/// message, while the database is up and while it is down, against a bus
-/// without adapters, in the same run. Percentiles go to standard output.
+/// message, and of a router to a second bus's routable archive and queue,
+/// while the database is up, slow and down, against a bus without
+/// adapters, in the same run. Percentiles go to standard output.
 fn outage(c: &mut Criterion) {
-    let (mut cluster, db, _client) = cluster();
+    let (mut cluster, db, mut client) = cluster();
     let codec = codec();
     let topic = Topic::parse("orders.eu.created").expect("topic");
     let plain = Bus::<String>::builder().workers(1).build().expect("bus");
     let bus = Bus::<String>::builder().workers(1).build().expect("bus");
-    let archive = PgArchive::builder(db.as_str(), codec.clone())
-        .export("orders.#")
-        .outbox(100_000, OverflowPolicy::DropOldest)
-        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .start(&bus)
-        .expect("archive");
-    let queue = PgQueue::builder(db.as_str(), codec.clone(), "orders")
-        .export("orders.#")
-        .outbox(100_000, OverflowPolicy::DropNewest)
-        .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .start(&bus)
-        .expect("queue");
+    let (archive, queue) = outage_adapters(
+        &db,
+        &codec,
+        &bus,
+        |a| a.export("orders.#"),
+        |q| q.export("orders.#"),
+    );
+    let rbus = Bus::<String>::builder().workers(1).build().expect("bus");
+    let (rarchive, rqueue) = outage_adapters(
+        &db,
+        &codec,
+        &rbus,
+        ArchiveBuilder::routable,
+        QueueBuilder::routable,
+    );
+    let router = Router::builder(&rbus)
+        .to(rarchive.outlet().expect("outlet"))
+        .to(rqueue.outlet().expect("outlet"))
+        .strategy(Strategy::BestEffort)
+        .local(false)
+        .build()
+        .expect("router");
     let mut g = c.benchmark_group("pg_outage");
     g.throughput(Throughput::Elements(1));
     g.sample_size(20);
-    let run = |g: &mut criterion::BenchmarkGroup<'_, _>, name: &str, bus: &Bus<String>| {
+    let run = |g: &mut criterion::BenchmarkGroup<'_, _>, name: &str, publish: &dyn Fn(String)| {
         let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
             .expect("histogram");
         g.bench_function(name, |b| {
-            b.iter_custom(|n| timed_publishes(bus, &topic, n, &mut latency))
+            b.iter_custom(|n| timed_publishes(publish, n, &mut latency))
         });
         println!(
             "pg_outage/{name}: publish latency p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} publishes)",
@@ -512,18 +563,33 @@ fn outage(c: &mut Criterion) {
             latency.len()
         );
     };
-    run(&mut g, "publish_no_adapter", &plain);
-    run(&mut g, "publish_db_up", &bus);
+    let on = |b: &Bus<String>| {
+        let (b, t) = (b.clone(), topic.clone());
+        move |p: String| {
+            b.publish(&t, p).expect("publish");
+        }
+    };
+    let routed = |p: String| {
+        router.publish(&topic, p).expect("best effort never fails");
+    };
+    run(&mut g, "publish_no_adapter", &on(&plain));
+    run(&mut g, "publish_db_up", &on(&bus));
+    run(&mut g, "route_db_up", &routed);
+    client.batch_execute(SLOW).expect("slow triggers");
+    run(&mut g, "publish_db_slow", &on(&bus));
+    run(&mut g, "route_db_slow", &routed);
+    let batches = archive.stats().batches;
     cluster.crash();
-    run(&mut g, "publish_db_down", &bus);
+    run(&mut g, "publish_db_down", &on(&bus));
+    run(&mut g, "route_db_down", &routed);
     g.finish();
     let (a, q) = (archive.stats(), queue.stats());
     println!(
-        "pg_outage: while down the archive dropped {} and the queue {} (counted), neither connected: {} {}",
+        "pg_outage: {batches} archive batches written before the crash; while slow and down the archive dropped {} and the queue {} (counted), neither connected: {} {}",
         a.outbox_dropped, q.outbox_dropped, a.connected, q.producer_connected
     );
     cluster.start_again();
-    drop((archive, queue));
+    drop((archive, queue, router, rarchive, rqueue));
 }
 
 criterion_group!(benches, archive, queue, outage);

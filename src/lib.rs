@@ -121,6 +121,8 @@ pub mod postgres;
 pub mod redis;
 pub mod registry;
 mod reliability;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod route;
 mod sync;
 mod topic;
 

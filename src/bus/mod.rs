@@ -102,7 +102,8 @@ use hooks::Hooks;
 use options::Handle;
 use services::Services;
 use stats::{Entered, Publishes, Totals};
-use sub::{DeadLetterOn, Group, HandlerFn, Make, Offered, Reliable, Spec, Sub};
+pub(crate) use sub::Offered;
+use sub::{DeadLetterOn, Group, HandlerFn, Make, Reliable, Spec, Sub};
 
 /// A handler's error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -1048,6 +1049,51 @@ impl<T: Send + Sync + 'static> Bus<T> {
         })
     }
 
+    /// Publishes `message` (locally too when `local`) and, before the
+    /// publish counts as finished for shutdown, hands the shared message to
+    /// `route` (a [`Router`](crate::route::Router)'s outlets). Delayed
+    /// messages are refused by the router before this.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn publish_routed<R>(
+        &self,
+        message: Message<T>,
+        local: bool,
+        route: impl FnOnce(&Arc<Message<T>>) -> R,
+    ) -> Result<(Receipt, R), PublishError> {
+        let inner = self.inner();
+        let entered = inner.publishes.enter();
+        inner.check_open()?;
+        let msg = inner.admit(message)?;
+        let receipt = if local {
+            inner.dispatch(&inner.registry.load(), &msg)
+        } else {
+            Receipt::new(msg.id())
+        };
+        let routed = route(&msg);
+        entered.commit();
+        Ok((receipt, routed))
+    }
+
+    /// A plain message as [`publish`](Self::publish) builds it, checked.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn plain_message(
+        &self,
+        topic: impl IntoTopic,
+        payload: T,
+    ) -> Result<Message<T>, PublishError> {
+        let inner = self.inner();
+        let topic = topic.into_topic(&inner.limits)?;
+        inner.check_payload(&payload)?;
+        let stamp = inner.custom_clock.then(|| inner.services.wall());
+        Ok(Message::plain(topic, payload, stamp, None))
+    }
+
+    /// True when `self` and `other` are handles of one bus.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn same_bus(&self, other: &Weak<Inner<T>>) -> bool {
+        std::ptr::eq(Arc::as_ptr(self.inner()), other.as_ptr())
+    }
+
     /// Subscribes `handler` to `pattern`, run on the worker pool with the
     /// bus's default options.
     ///
@@ -1696,7 +1742,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
         make: Make<T>,
     ) -> Result<Arc<Sub<T>>, SubscribeError> {
         let patterns = options.parse_patterns(&self.limits)?;
-        if patterns.is_empty() {
+        if patterns.is_empty() && !options.direct {
             return Err(SubscribeError::NoPatterns);
         }
         let capacity = options

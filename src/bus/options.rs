@@ -152,12 +152,23 @@ pub struct SubscribeOptions {
     pub(crate) dead_letter_expired: bool,
     pub(crate) dead_letter_overflow: bool,
     pub(crate) latency: bool,
+    /// Reached only by direct offers (an adapter's outlet): no pattern
+    /// needed.
+    pub(crate) direct: bool,
 }
 
 impl SubscribeOptions {
     /// No patterns yet, every other option at the bus's default.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Allows a subscription without patterns, reached only by direct
+    /// offers (an adapter's outlet for a router).
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn direct(mut self) -> Self {
+        self.direct = true;
+        self
     }
 
     /// Adds a pattern (a subscription can have several; a message matching

@@ -155,6 +155,21 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     /// Messages dropped by the overflow policy, and waiting now: what an
     /// adapter's outbox reports.
     #[cfg(any(feature = "redis", feature = "postgres"))]
+    /// Puts `msg` straight into this mailbox (its overflow policy applies),
+    /// as a publish would; `None` when the bus is gone. Called inside a
+    /// publish ([`Bus::publish_routed`](crate::Bus::publish_routed)).
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn offer(&self, msg: &Arc<Message<T>>) -> Option<super::Offered> {
+        let bus = self.handle.bus.upgrade()?;
+        Some(self.sub().offer(&bus.services.pool, msg))
+    }
+
+    /// The bus this receiver belongs to.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn bus(&self) -> &std::sync::Weak<super::Inner<T>> {
+        &self.handle.bus
+    }
+
     pub(crate) fn drops_and_depth(&self) -> (u64, usize) {
         let s = self.stats();
         (s.counts.dropped.total(), s.queued.iter().sum())

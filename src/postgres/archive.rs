@@ -22,6 +22,7 @@ use super::types::PgId;
 use super::PgError;
 use crate::adapter::Backoff;
 use crate::envelope::{Codec, Decoded};
+use crate::route::Confirms;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::{Bus, Message, OverflowPolicy, Receiver};
 
@@ -514,7 +515,9 @@ impl ArchiveBuilder {
         let shared = Shared::new();
         shared.counts.connected.store(true, Ordering::Relaxed);
         let outbox = out.outbox(bus, patterns, None)?;
+        let confirms = Confirms::new();
         let writer = Writer {
+            confirms: Arc::clone(&confirms),
             rx: outbox.clone(),
             shared: Arc::clone(&shared),
             settings: settings.clone(),
@@ -537,6 +540,7 @@ impl ArchiveBuilder {
             shared,
             settings,
             outbox,
+            confirms,
             thread: Some(thread),
         })
     }
@@ -566,6 +570,7 @@ pub struct PgArchive<T: Send + Sync + 'static> {
     shared: Arc<Shared>,
     settings: Settings,
     outbox: Option<Arc<Receiver<T>>>,
+    confirms: Arc<Confirms>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -602,6 +607,21 @@ impl PgArchive<()> {
 }
 
 impl<T: Send + Sync + 'static> PgArchive<T> {
+    /// The outbox as an [`Outlet`](crate::route::Outlet) for a
+    /// [`Router`](crate::route::Router), when the archive has one (export
+    /// patterns, or [`routable`](ArchiveBuilder::routable)). It is down
+    /// from a failed write until the writer is connected again; a
+    /// confirmed message is committed in the archive.
+    pub fn outlet(&self) -> Option<crate::route::Outlet<T>> {
+        outbound::outlet(
+            format!("postgres archive {}", self.settings.schema),
+            self.outbox.as_ref(),
+            &self.confirms,
+            &self.shared,
+            |c| !c.connected.load(Ordering::Relaxed),
+        )
+    }
+
     /// The counters now.
     pub fn stats(&self) -> ArchiveStats {
         let c = &self.shared.counts;
@@ -718,6 +738,7 @@ impl<T> Batch<T> {
 
 struct Writer<T: Send + Sync + 'static> {
     rx: Option<Arc<Receiver<T>>>,
+    confirms: Arc<Confirms>,
     shared: Arc<Shared>,
     settings: Settings,
     codec: Codec,
@@ -801,6 +822,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             };
             match self.write(s, &mut rows, &mut staged) {
                 Ok(inserted) => {
+                    self.confirms.written(rows.rows.iter().map(|r| r.id.0));
                     add(&c.archived, inserted);
                     add(&c.duplicates, rows.rows.len() as u64 - inserted);
                     add(&c.batches, 1);

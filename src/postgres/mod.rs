@@ -2,7 +2,11 @@
 //! messages written with binary `COPY` into a time-partitioned table, and
 //! read back in commit order ([`PgArchive`], [`ArchiveReader`]); and a
 //! durable lease queue shared by several processes, with retries, dead
-//! letters, delays, priorities and a transactional outbox ([`PgQueue`]).
+//! letters, delays, priorities and a transactional outbox ([`PgQueue`]);
+//! the dead letters in a table, queried and replayed ([`PgDeadLetters`]),
+//! where the bus's own can go too ([`PgDeadLetterSink`]). The archive and
+//! the queue are [outlets](crate::route) a [`Router`](crate::route::Router)
+//! can send to, beside or instead of Redis.
 //!
 //! The adapter owns its threads and uses the synchronous
 //! [`postgres`](https://docs.rs/postgres) client: no async runtime in the
@@ -44,7 +48,9 @@
 //! [`PgArchive::enforce_retention`], [`migrate`] and every
 //! [`ArchiveReader`] method do database I/O and block the calling thread,
 //! as do [`QueueBuilder::start`], [`PgQueue::publish_in`],
-//! [`PgQueue::depth`], [`PgQueue::consumers`] and [`PgQueue::shutdown`];
+//! [`PgQueue::depth`], [`PgQueue::consumers`] and [`PgQueue::shutdown`],
+//! every [`PgDeadLetters`] method, [`PgDeadLetterSink::start`] and
+//! [`PgDeadLetterSink::shutdown`];
 //! dropping a [`PgArchive`] or a [`PgQueue`] blocks for up to a second
 //! while it flushes.
 //! Do not call them from inside an async task (the `postgres` client

@@ -9,6 +9,7 @@ use super::PgError;
 use crate::adapter::{Backoff, Stop};
 use crate::bus::{HealthCheck, HealthIssue};
 use crate::envelope::Codec;
+use crate::route::{Confirms, Link, Outlet};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Mutex;
 use crate::{Bus, Message, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions};
@@ -28,6 +29,7 @@ pub(super) struct Outbound {
     pub(super) outbox: usize,
     pub(super) overflow: OverflowPolicy,
     pub(super) backoff: Backoff,
+    pub(super) routable: bool,
 }
 
 impl Outbound {
@@ -51,6 +53,7 @@ impl Outbound {
                 base: Duration::from_millis(50),
                 cap: Duration::from_secs(5),
             },
+            routable: false,
         }
     }
 
@@ -79,19 +82,20 @@ impl Outbound {
     }
 
     /// The outbox: a bounded pull subscription to the export patterns
-    /// (none without patterns), narrowed by `filter`.
+    /// (none without patterns, unless routable), narrowed by `filter`.
     pub(super) fn outbox<T: Send + Sync + 'static>(
         &self,
         bus: &Bus<T>,
         patterns: Vec<Pattern>,
         filter: Option<fn(&Message<T>) -> bool>,
     ) -> Result<Option<Arc<Receiver<T>>>, PgError> {
-        if patterns.is_empty() {
+        if patterns.is_empty() && !self.routable {
             return Ok(None);
         }
         let mut options = SubscribeOptions::new()
             .capacity(self.outbox)
-            .overflow(self.overflow);
+            .overflow(self.overflow)
+            .direct();
         if let Some(f) = filter {
             options = options.filter(f);
         }
@@ -118,6 +122,13 @@ macro_rules! outbound_setters {
         /// thread.
         pub fn export(mut self, pattern: impl Into<String>) -> Self {
             self.out.export.push(pattern.into());
+            self
+        }
+
+        /// Gives the adapter an outbox and its writer even without export
+        /// patterns, for a [`Router`](crate::route::Router): see `outlet`.
+        pub fn routable(mut self) -> Self {
+            self.out.routable = true;
             self
         }
 
@@ -225,6 +236,32 @@ impl<C: Default> Shared<C> {
             control: Control::default(),
         })
     }
+}
+
+/// The outbox as a router's outlet: stopped once shutdown began, down
+/// while `down` says so.
+pub(super) fn outlet<T: Send + Sync + 'static, C: Send + Sync + 'static>(
+    name: String,
+    outbox: Option<&Arc<Receiver<T>>>,
+    confirms: &Arc<Confirms>,
+    shared: &Arc<Shared<C>>,
+    down: fn(&C) -> bool,
+) -> Option<Outlet<T>> {
+    let shared = Arc::clone(shared);
+    Some(Outlet::new(
+        name,
+        Arc::clone(outbox?),
+        Arc::clone(confirms),
+        move || {
+            if shared.control.stop.is_stopped() || shared.control.is_done() {
+                Link::Stopped
+            } else if down(&shared.counts) {
+                Link::Down
+            } else {
+                Link::Up
+            }
+        },
+    ))
 }
 
 /// An adapter in [`Bus::health`]: degraded while `down` names a link that

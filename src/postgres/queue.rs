@@ -21,6 +21,7 @@ use super::{connect, PgError};
 use crate::adapter::{Backoff, Window};
 use crate::bus::Tracked;
 use crate::envelope::{Codec, ORIGIN_HEADER};
+use crate::route::Confirms;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::{
     Bus, Confirmation, DeadLetterReason, Message, Outcome, OverflowPolicy, Receiver, WeakBus,
@@ -487,9 +488,11 @@ impl QueueBuilder {
             Some(|m: &Message<T>| !m.headers().contains(ORIGIN_HEADER)),
         )?;
         let mut threads = Vec::new();
+        let confirms = Confirms::new();
         if let Some(rx) = &outbox {
             let producer = Producer {
                 rx: Arc::clone(rx),
+                confirms: Arc::clone(&confirms),
                 shared: Arc::clone(&shared),
                 config: config.clone(),
                 sql: sql.clone(),
@@ -555,6 +558,7 @@ impl QueueBuilder {
             codec: self.out.codec,
             node: self.out.node,
             outbox,
+            confirms,
             threads,
             report: None,
         })
@@ -630,6 +634,7 @@ pub struct PgQueue<T: Send + Sync + 'static> {
     codec: Codec,
     node: String,
     outbox: Option<Arc<Receiver<T>>>,
+    confirms: Arc<Confirms>,
     threads: Vec<JoinHandle<()>>,
     report: Option<QueueStats>,
 }
@@ -713,6 +718,22 @@ impl<T: Send + Sync + 'static> PgQueue<T> {
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.sql.queue
+    }
+
+    /// The outbox as an [`Outlet`](crate::route::Outlet) for a
+    /// [`Router`](crate::route::Router), when the queue has one (export
+    /// patterns, or [`routable`](QueueBuilder::routable)). It is down from
+    /// a failed enqueue until one succeeds; a confirmed message is
+    /// committed in the queue. Unlike exported messages, routed ones are
+    /// enqueued even when they came from another process.
+    pub fn outlet(&self) -> Option<crate::route::Outlet<T>> {
+        outbound::outlet(
+            format!("postgres queue {}", self.sql.queue),
+            self.outbox.as_ref(),
+            &self.confirms,
+            &self.shared,
+            |c| c.producer_down.load(Ordering::Relaxed),
+        )
     }
 
     /// The counters now.
@@ -942,6 +963,7 @@ impl Rows {
 /// The enqueueing side: the outbox drained in batches by one thread.
 struct Producer<T: Send + Sync + 'static> {
     rx: Arc<Receiver<T>>,
+    confirms: Arc<Confirms>,
     shared: Arc<Shared>,
     config: Config,
     sql: Sql,
@@ -1013,6 +1035,7 @@ impl<T: Serialize + Send + Sync + 'static> Producer<T> {
             let Some(cl) = client.as_mut() else { continue };
             match rows.insert(cl, &self.enqueue, &self.sql.queue) {
                 Ok(n) => {
+                    self.confirms.written(rows.ids.iter().map(|id| id.0));
                     c.producer_down.store(false, Ordering::Relaxed);
                     add(&c.enqueued, n);
                     add(&c.duplicates, rows.len() as u64 - n);

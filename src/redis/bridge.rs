@@ -254,6 +254,16 @@ impl<T: Send + Sync + 'static> RedisBridge<T> {
         &self.running.shared.node
     }
 
+    /// The outbox as an [`Outlet`](crate::route::Outlet) for a
+    /// [`Router`](crate::route::Router), when the adapter has one (export
+    /// patterns, or [`routable`](BridgeBuilder::routable)). It is down from a failed
+    /// write to Redis until one succeeds. Messages that came from another
+    /// process ([`ORIGIN_HEADER`](crate::envelope::ORIGIN_HEADER)) are not
+    /// sent, as for exports.
+    pub fn outlet(&self) -> Option<crate::route::Outlet<T>> {
+        self.running.outlet()
+    }
+
     /// The counters now.
     pub fn stats(&self) -> BridgeStats {
         let c = &self.running.shared.counts;

@@ -12,11 +12,12 @@ use serde::Serialize;
 use super::{AdapterError, Backoff, Stop, ORIGIN_HEADER};
 use crate::bus::{HealthCheck, HealthIssue};
 use crate::envelope::Codec;
+use crate::route::{Confirms, Link, Outlet};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::Mutex;
 use crate::{
-    Bus, Message, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions, Topic,
-    TryRecvError,
+    Bus, Message, MessageId, OverflowPolicy, Pattern, Receiver, RecvTimeoutError, SubscribeOptions,
+    Topic, TryRecvError,
 };
 
 /// How often the adapter threads look at their stop flag while idle.
@@ -158,6 +159,7 @@ pub(super) struct Common {
     pub(super) dedup: usize,
     pub(super) backoff: Backoff,
     pub(super) io_timeout: Duration,
+    pub(super) routable: bool,
 }
 
 /// The setters of [`Common`], for both builders.
@@ -173,6 +175,13 @@ macro_rules! common_setters {
         /// Sends local messages matching `pattern` to Redis.
         pub fn export(mut self, pattern: impl Into<String>) -> Self {
             self.common.export.push(pattern.into());
+            self
+        }
+
+        /// Gives the adapter an outbox and a writer even without export
+        /// patterns, for a [`Router`](crate::route::Router): see `outlet`.
+        pub fn routable(mut self) -> Self {
+            self.common.routable = true;
             self
         }
 
@@ -242,6 +251,7 @@ impl Common {
                 cap: Duration::from_secs(5),
             },
             io_timeout: Duration::from_secs(2),
+            routable: false,
         }
     }
 
@@ -291,9 +301,11 @@ impl Common {
         let mut running = Running {
             shared: Arc::clone(&shared),
             outbox: None,
+            confirms: Confirms::new(),
+            name: component.to_owned(),
             threads: Vec::new(),
         };
-        if exports.is_empty() {
+        if exports.is_empty() && !self.routable {
             // Nothing to send: the outbound side counts as up.
             shared
                 .counts
@@ -302,7 +314,8 @@ impl Common {
         } else {
             let mut options = SubscribeOptions::new()
                 .capacity(self.outbox)
-                .overflow(self.overflow);
+                .overflow(self.overflow)
+                .direct();
             for p in exports {
                 options = options.pattern(p);
             }
@@ -314,6 +327,7 @@ impl Common {
                 codec: self.codec.clone(),
                 sink,
                 batch: self.batch,
+                confirms: Arc::clone(&running.confirms),
             };
             running.outbox = Some(rx);
             running.threads.push(
@@ -343,6 +357,9 @@ pub(super) fn parse(patterns: &[String]) -> Result<Vec<Pattern>, AdapterError> {
 pub(super) struct Running<T: Send + Sync + 'static> {
     pub(super) shared: Arc<Shared>,
     pub(super) outbox: Option<Arc<Receiver<T>>>,
+    pub(super) confirms: Arc<Confirms>,
+    /// The outlet's name.
+    pub(super) name: String,
     pub(super) threads: Vec<JoinHandle<()>>,
 }
 
@@ -375,6 +392,30 @@ impl<T: Send + Sync + 'static> Running<T> {
             let _ = h.join();
         }
         self.shared.done.store(true, Ordering::Release);
+    }
+
+    /// The outbox as a router's outlet, when there is one.
+    /// Down once a write failed and until one succeeds (a writer that
+    /// never wrote yet counts as up).
+    pub(super) fn outlet(&self) -> Option<Outlet<T>> {
+        let rx = self.outbox.as_ref()?;
+        let shared = Arc::clone(&self.shared);
+        Some(Outlet::new(
+            self.name.clone(),
+            Arc::clone(rx),
+            Arc::clone(&self.confirms),
+            move || {
+                if shared.stop.is_stopped() || shared.done.load(Ordering::Acquire) {
+                    Link::Stopped
+                } else if !shared.counts.outbound_connected.load(Ordering::Relaxed)
+                    && shared.last_error.lock().is_some()
+                {
+                    Link::Down
+                } else {
+                    Link::Up
+                }
+            },
+        ))
     }
 
     /// The outbox's drops and depth.
@@ -419,6 +460,7 @@ pub(super) struct Writer<T: Send + Sync + 'static> {
     pub(super) codec: Codec,
     pub(super) sink: Sink,
     pub(super) batch: usize,
+    pub(super) confirms: Arc<Confirms>,
 }
 
 /// Commands to send, packed in RESP: written as they are, kept for a
@@ -427,6 +469,8 @@ pub(super) struct Writer<T: Send + Sync + 'static> {
 struct Batch {
     resp: Vec<u8>,
     commands: usize,
+    /// The messages' ids, kept while a router waits for confirmations.
+    ids: Vec<MessageId>,
 }
 
 impl Batch {
@@ -437,12 +481,14 @@ impl Batch {
     fn clear(&mut self) {
         self.resp.clear();
         self.commands = 0;
+        self.ids.clear();
     }
 
     /// Moves `other`'s commands after this batch's.
     fn append(&mut self, other: &mut Batch) {
         self.resp.extend_from_slice(&other.resp);
         self.commands += other.commands;
+        self.ids.append(&mut other.ids);
         other.clear();
     }
 }
@@ -552,6 +598,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             if !in_flight.is_empty() {
                 match self.finish(&mut con, &in_flight) {
                     Ok(nobody) => {
+                        self.confirms.written(in_flight.ids.drain(..));
                         add(&c.published, in_flight.commands as u64);
                         add(&c.no_subscribers, nobody);
                         in_flight.clear();
@@ -661,6 +708,9 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
         self.sink
             .pack(&pack.head, m.topic(), &pack.envelope, &mut pending.resp);
         pending.commands += 1;
+        if self.confirms.watching() {
+            pending.ids.push(m.id());
+        }
         pack.taken.push(m);
     }
 

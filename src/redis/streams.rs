@@ -180,6 +180,7 @@ impl StreamsBuilder {
         let (mut running, io) =
             self.common
                 .launch(bus, sink, "redis streams", ["producer", "consumer"])?;
+        running.name = format!("redis streams {key}");
         match self.group {
             None => running
                 .shared
@@ -295,6 +296,16 @@ impl<T: Send + Sync + 'static> RedisStreams<T> {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.running.shared.node
+    }
+
+    /// The outbox as an [`Outlet`](crate::route::Outlet) for a
+    /// [`Router`](crate::route::Router), when the adapter has one (export
+    /// patterns, or [`routable`](StreamsBuilder::routable)). It is down from a failed
+    /// write to Redis until one succeeds. Messages that came from another
+    /// process ([`ORIGIN_HEADER`](crate::envelope::ORIGIN_HEADER)) are not
+    /// sent, as for exports.
+    pub fn outlet(&self) -> Option<crate::route::Outlet<T>> {
+        self.running.outlet()
     }
 
     /// The counters now.

@@ -125,6 +125,27 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server with SIGSTOP: connections stay open, nothing is
+    /// answered until [`resume`](Self::resume) (a server that hangs).
+    pub(crate) fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Undoes [`pause`](Self::pause) (SIGCONT).
+    pub(crate) fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// Starts it again on the same socket (empty unless durable).
     pub(crate) fn restart(&mut self) {
         self.kill9();
