@@ -5,9 +5,10 @@
 //! notifications, and a server crash (`pg_ctl stop -m immediate`) mid-run
 //! with an ok / lost / duplicated ledger.
 //!
-//! The "processes" here are separate buses with their own connections in
-//! one test process: the database sees two independent consumers, which is
-//! what the claim, the leases and the notifications depend on.
+//! Most "processes" here are separate buses with their own connections in
+//! one test process: the database sees independent consumers, which is
+//! what the claim, the leases and the notifications depend on; one test
+//! shares the work with a consumer in a child process.
 #![cfg(feature = "postgres")]
 
 #[path = "support/pg_server.rs"]
@@ -197,6 +198,121 @@ fn two_consumers_share_the_work_and_handle_each_message_once() {
         na >= 800 && nb >= 800,
         "both consumers took a fair share: {na} / {nb}"
     );
+}
+
+/// The consumer process of
+/// [`two_processes_share_the_work_and_handle_each_message_once`]: runs
+/// only in the child that test spawns (with `TOPICBUS_PG_PEER` set to the
+/// database), prints `@@handled <id>` per message, and stops when its
+/// standard input closes.
+#[test]
+fn two_process_peer() {
+    let Ok(db) = std::env::var("TOPICBUS_PG_PEER") else {
+        return; // not the child: nothing to do
+    };
+    let bus = bus();
+    let _s = bus
+        .subscribe("split.#", |m: &Message<String>| {
+            println!("@@handled {}", m.id());
+        })
+        .unwrap();
+    let queue = consumer(&db, "split").claim(25).start(&bus).unwrap();
+    println!("@@ready");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    let s = queue.shutdown(Duration::from_secs(10));
+    assert_accounted(&s);
+    bus.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn two_processes_share_the_work_and_handle_each_message_once() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let db = cluster.database();
+    // The schema exists before the two race to create it.
+    topicbus::postgres::migrate(
+        &mut postgres::Client::connect(&db, postgres::NoTls).unwrap(),
+        "topicbus",
+    )
+    .unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "two_process_peer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TOPICBUS_PG_PEER", &db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ready_tx, ready) = mpsc::channel();
+    let (theirs_tx, theirs) = mpsc::channel::<MessageId>();
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            // The harness may print the test's name on the same line.
+            let line = line.unwrap();
+            let Some(at) = line.find("@@") else { continue };
+            let said = &line[at + 2..];
+            if said == "ready" {
+                ready_tx.send(()).unwrap();
+            } else if let Some(id) = said.strip_prefix("handled ") {
+                theirs_tx.send(id.parse().unwrap()).unwrap();
+            }
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the peer consumer started");
+    let mine_bus = bus();
+    let (mine, _s) = record(&mine_bus, "split.#");
+    let me = consumer(&db, "split").claim(25).start(&mine_bus).unwrap();
+    let producer_bus = bus();
+    let producer = PgQueue::builder(db.as_str(), codec(), "split")
+        .export("split.#")
+        .batch(100, Duration::from_millis(2))
+        .start(&producer_bus)
+        .unwrap();
+    let mut sent = Vec::new();
+    for i in 0..4_000 {
+        let m = message("split.item", &i.to_string());
+        sent.push(m.id());
+        producer_bus.publish_message(m).unwrap();
+    }
+    let mut other = Vec::new();
+    wait_for(
+        "4,000 handled by the two processes",
+        60,
+        || {
+            other.extend(theirs.try_iter());
+            mine.lock().unwrap().len() + other.len() >= 4_000
+        },
+        || format!("{:?}", me.stats()),
+    );
+    let sp = producer.shutdown(Duration::from_secs(5));
+    let sm = me.shutdown(Duration::from_secs(5));
+    drop(child.stdin.take()); // the peer drains and stops
+    assert!(child.wait().unwrap().success(), "the peer process failed");
+    reader.join().unwrap();
+    other.extend(theirs.try_iter());
+    assert_accounted(&sp);
+    assert_accounted(&sm);
+    let (na, nb) = (mine.lock().unwrap().len(), other.len());
+    let mut all: Vec<MessageId> = mine.lock().unwrap().clone();
+    all.extend(&other);
+    all.sort();
+    sent.sort();
+    assert_eq!(all, sent, "every message by exactly one process, once");
+    assert!(
+        na >= 800 && nb >= 800,
+        "both processes took a fair share: {na} / {nb}"
+    );
+    assert_eq!(scalar(&db, "SELECT count(*) FROM topicbus.queue"), 0);
 }
 
 /// A handler that reports each message and blocks until released.
