@@ -13,6 +13,8 @@
 //!   each message first (the work the adapter must also do).
 //! - `pg_archive/adapter`: publish on the bus → outbox → the archive's
 //!   writer (batches of 1,000 or 50 ms).
+//! - `pg_archive/adapter_unsigned`: the same with an unsigned codec (no
+//!   HMAC), on a bus and archive of its own.
 //!
 //! Every sample starts from an empty archive (`TRUNCATE`, untimed), so the
 //! order of the functions does not favour the first, and writes whole
@@ -288,13 +290,30 @@ fn archive(c: &mut Criterion) {
             through(&bus, &topic, n, || archive.stats().archived)
         })
     });
+    // The same with envelopes neither signed nor checked: what the HMAC
+    // costs the archive (a table only trusted writers reach).
+    let plain_bus = Bus::<String>::builder().workers(1).build().expect("bus");
+    let plain = PgArchive::builder(db.as_str(), Codec::unsigned())
+        .export("orders.#")
+        .batch(BATCH, Duration::from_millis(50))
+        .outbox(1 << 21, OverflowPolicy::DropOldest)
+        .start(&plain_bus)
+        .expect("archive");
+    g.bench_function("adapter_unsigned", |b| {
+        b.iter_custom(|n| {
+            empty(&mut client);
+            through(&plain_bus, &topic, n, || plain.stats().archived)
+        })
+    });
     g.finish();
-    let s = archive.shutdown(Duration::from_secs(30));
-    assert_eq!(
-        (s.outbox_dropped, s.duplicates, s.unsent),
-        (0, 0, 0),
-        "the benchmark's outbox never dropped: {s:?}"
-    );
+    for a in [archive, plain] {
+        let s = a.shutdown(Duration::from_secs(30));
+        assert_eq!(
+            (s.outbox_dropped, s.duplicates, s.unsent),
+            (0, 0, 0),
+            "the benchmark's outbox never dropped: {s:?}"
+        );
+    }
 }
 
 /// What the raw queue loop does besides the statements.

@@ -476,3 +476,42 @@ fn a_server_crash_loses_nothing_the_outbox_kept() {
         "every message taken is archived once: {s:?}"
     );
 }
+
+#[test]
+fn a_shutdown_while_the_database_is_down_counts_every_message_unsent() {
+    let Some(mut cluster) = PgCluster::start() else {
+        return;
+    };
+    let db = cluster.database();
+    let bus = bus();
+    let archive = PgArchive::builder(db.as_str(), codec())
+        .export("orders.#")
+        .batch(100, Duration::from_millis(1))
+        .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .start(&bus)
+        .unwrap();
+    cluster.crash();
+    for i in 0..5_000u32 {
+        bus.publish(topic("orders.eu.created"), format!("order {i}"))
+            .unwrap();
+    }
+    // Some batches are encoded and waiting for the writer, some still in
+    // the outbox: all of them are unsent, none lost from the books.
+    wait_for(
+        "the writer to find the database down",
+        60,
+        || !archive.stats().connected,
+        || format!("{:?}", archive.stats()),
+    );
+    let s = archive.shutdown(Duration::from_millis(200));
+    assert_eq!(
+        (s.exported, s.archived, s.unsent, s.outbox_dropped),
+        (5_000, 0, 5_000, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.exported,
+        s.archived + s.duplicates + s.encode_failed + s.unsent
+    );
+    cluster.start_again();
+}
