@@ -152,9 +152,6 @@ impl<T: Send + Sync + 'static> Receiver<T> {
         self.sub().stats()
     }
 
-    /// Messages dropped by the overflow policy, and waiting now: what an
-    /// adapter's outbox reports.
-    #[cfg(any(feature = "redis", feature = "postgres"))]
     /// Puts `msg` straight into this mailbox (its overflow policy applies),
     /// as a publish would; `None` when the bus is gone. Called inside a
     /// publish ([`Bus::publish_routed`](crate::Bus::publish_routed)).
@@ -170,6 +167,9 @@ impl<T: Send + Sync + 'static> Receiver<T> {
         &self.handle.bus
     }
 
+    /// Messages dropped by the overflow policy, and waiting now: what an
+    /// adapter's outbox reports.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
     pub(crate) fn drops_and_depth(&self) -> (u64, usize) {
         let s = self.stats();
         (s.counts.dropped.total(), s.queued.iter().sum())
