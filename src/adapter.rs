@@ -93,6 +93,7 @@ impl Window {
     }
 
     /// True when `id` is in the window.
+    #[cfg(feature = "postgres")]
     pub(crate) fn contains(&self, id: MessageId) -> bool {
         self.set.contains(&id)
     }
