@@ -10,6 +10,9 @@ cargo run --release --example shutdown
 cargo run --release --example error_handling
 cargo run --release --example request_reply
 cargo run --release --example order_processing
+cargo run --release --example topic_routing
+cargo run --release --example email_notifications
+cargo run --release --example cache_invalidation
 cargo run --release --example metrics --features prometheus
 cargo run --release --example redis_bridge --features redis
 cargo run --release --example postgres_queue --features postgres

@@ -13,7 +13,8 @@ if ! command -v valgrind >/dev/null 2>&1; then
     apt-get install -y valgrind >/dev/null
 fi
 cargo build --release --examples
-for example in basic worker_queue shutdown error_handling request_reply order_processing metrics; do
+for example in basic worker_queue shutdown error_handling request_reply order_processing metrics \
+    topic_routing email_notifications cache_invalidation; do
     echo "memcheck: ${example}"
     valgrind --tool=memcheck --quiet --error-exitcode=99 --leak-check=full \
         --errors-for-leak-kinds=definite,indirect "target/release/examples/${example}" >/dev/null
