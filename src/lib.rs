@@ -46,6 +46,16 @@
 //!   ([`BusBuilder::on_publish`] and the others), isolated and free when
 //!   unset.
 //!
+//! ## The guide
+//!
+//! [`docs`] teaches the model, page by page: [concepts](docs::concepts)
+//! (topics and patterns, delivery and ordering, backpressure, reliability,
+//! shutdown), [patterns](docs::patterns) (worker queues, request-reply,
+//! fan-out, cache invalidation, the outbox),
+//! [performance](docs::performance), [limitations](docs::limitations) and
+//! [internals](docs::internals) (the data flow, the invariants and the
+//! loom models that check them).
+//!
 //! ## Quick start
 //!
 //! ```
@@ -106,6 +116,7 @@
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod adapter;
 mod bus;
+pub mod docs;
 #[cfg(feature = "envelope")]
 pub mod envelope;
 mod mailbox;
