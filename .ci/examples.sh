@@ -17,3 +17,4 @@ cargo run --release --example metrics --features prometheus
 cargo run --release --example redis_bridge --features redis
 cargo run --release --example postgres_queue --features postgres
 cargo run --release --example audit_log --features postgres
+cargo run --release --example failover --features redis,postgres
