@@ -475,6 +475,10 @@ pub enum RouteError {
     /// The outlet belongs to an adapter of another bus.
     #[error("outlet {0} belongs to an adapter of another bus")]
     ForeignOutlet(String),
+    /// The same adapter's outlet is in two routes: each message would go
+    /// to it twice.
+    #[error("outlet {0} is in two routes")]
+    DuplicateOutlet(String),
 }
 
 /// Settings of a [`Router`].
@@ -527,14 +531,24 @@ impl<T: Send + Sync + 'static> RouterBuilder<T> {
     /// # Errors
     ///
     /// [`RouteError::NoRoutes`]; [`RouteError::ForeignOutlet`] for an
-    /// outlet of an adapter started on another bus.
+    /// outlet of an adapter started on another bus;
+    /// [`RouteError::DuplicateOutlet`] for an adapter in two routes.
     pub fn build(self) -> Result<Router<T>, RouteError> {
         if self.routes.is_empty() {
             return Err(RouteError::NoRoutes);
         }
-        for o in self.routes.iter().flat_map(|r| &r.outlets) {
-            if !self.bus.same_bus(o.outbox.bus()) {
-                return Err(RouteError::ForeignOutlet(o.name().to_owned()));
+        for (i, route) in self.routes.iter().enumerate() {
+            for o in &route.outlets {
+                if !self.bus.same_bus(o.outbox.bus()) {
+                    return Err(RouteError::ForeignOutlet(o.name().to_owned()));
+                }
+                let elsewhere = self.routes[i + 1..]
+                    .iter()
+                    .flat_map(|r| &r.outlets)
+                    .any(|other| Arc::ptr_eq(&other.confirms, &o.confirms));
+                if elsewhere {
+                    return Err(RouteError::DuplicateOutlet(o.name().to_owned()));
+                }
             }
         }
         Ok(Router {

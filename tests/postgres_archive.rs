@@ -515,3 +515,39 @@ fn a_shutdown_while_the_database_is_down_counts_every_message_unsent() {
     );
     cluster.start_again();
 }
+
+#[test]
+fn an_archive_that_lost_its_connection_while_idle_connects_again_by_itself() {
+    let Some(mut cluster) = PgCluster::start() else {
+        return;
+    };
+    let db = cluster.database();
+    let bus = bus();
+    let archive = PgArchive::builder(db.as_str(), codec())
+        .export("orders.#")
+        .retention(Duration::from_secs(30 * 86_400))
+        .retention_every(Duration::from_millis(20))
+        .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .start(&bus)
+        .unwrap();
+    // Nothing is published: only the retention runs touch the database.
+    cluster.crash();
+    wait_for(
+        "a retention run to find the database down",
+        60,
+        || !archive.stats().connected,
+        || format!("{:?}", archive.stats()),
+    );
+    cluster.start_again();
+    // Still nothing to write, and yet it connects again: a router, which
+    // sends nothing to an outlet that is down, would otherwise never see
+    // it come back.
+    wait_for(
+        "the archive to connect again while idle",
+        60,
+        || archive.stats().connected && archive.outlet().is_some_and(|o| o.is_up()),
+        || format!("{:?}", archive.stats()),
+    );
+    let s = archive.shutdown(Duration::from_secs(5));
+    assert_eq!((s.exported, s.unsent), (0, 0), "{s:?}");
+}

@@ -339,6 +339,13 @@ fn strategies_decide_on_what_is_up_and_say_what_each_outlet_did() {
         Router::<String>::builder(&bus).build(),
         Err(RouteError::NoRoutes)
     ));
+    assert!(matches!(
+        Router::builder(&bus)
+            .to(pg.clone())
+            .route(Route::to(down.clone()).or(pg.clone().named("again")))
+            .build(),
+        Err(RouteError::DuplicateOutlet(name)) if name == pg.name()
+    ));
     let other = Bus::<String>::builder().workers(1).build().unwrap();
     assert!(matches!(
         Router::builder(&other).to(pg.clone()).build(),

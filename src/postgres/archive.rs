@@ -788,34 +788,30 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             }
             if rows.is_empty() {
                 if self.rx.is_none() {
-                    // Nothing to export: only the retention to keep.
+                    // Nothing to export: only the retention to keep (on a
+                    // connection made again if a retention run lost it).
                     if stopping {
                         break;
                     }
-                    self.shared.control.stop.wait(POLL);
+                    if self.ensure_session(&mut session, &mut failures) {
+                        self.shared.control.stop.wait(POLL);
+                    }
                     continue;
                 }
                 if closed {
                     break;
                 }
+                if !stopping {
+                    // Lost while idle (a retention run failed): connect
+                    // again now, so the archive does not read as down
+                    // until the next batch (a router sends it none while
+                    // it is down).
+                    self.ensure_session(&mut session, &mut failures);
+                }
                 continue;
             }
-            if session.is_none() {
-                match self
-                    .settings
-                    .connect()
-                    .map_err(PgError::from)
-                    .and_then(|cl| self.open(cl))
-                {
-                    Ok(s) => {
-                        add(&c.reconnects, 1);
-                        session = Some(s);
-                    }
-                    Err(e) => {
-                        self.failed(&mut session, &e, &mut failures);
-                        continue;
-                    }
-                }
+            if !self.ensure_session(&mut session, &mut failures) {
+                continue;
             }
             let Some(s) = session.as_mut() else {
                 continue;
@@ -848,6 +844,30 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
         }
         add(&c.unsent, left);
         c.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// Connects again when there is no session; false (after the backoff)
+    /// when that fails.
+    fn ensure_session(&self, session: &mut Option<Session>, failures: &mut u32) -> bool {
+        if session.is_some() {
+            return true;
+        }
+        match self
+            .settings
+            .connect()
+            .map_err(PgError::from)
+            .and_then(|cl| self.open(cl))
+        {
+            Ok(s) => {
+                add(&self.shared.counts.reconnects, 1);
+                *session = Some(s);
+                true
+            }
+            Err(e) => {
+                self.failed(session, &e, failures);
+                false
+            }
+        }
     }
 
     /// Makes a connection ready: the staging table.

@@ -44,6 +44,10 @@ pub(super) struct Counters {
     pub(super) local_rejected: AtomicU64,
     pub(super) reconnects: AtomicU64,
     pub(super) outbound_connected: AtomicBool,
+    /// The last outbound write failed and none has succeeded since (a
+    /// failed batch stays pending and is retried, so this clears itself
+    /// when Redis is back): what a router's outlet reads as down.
+    pub(super) outbound_failing: AtomicBool,
     pub(super) inbound_connected: AtomicBool,
     /// Streams: entries acknowledged (XACK) after a terminal outcome.
     pub(super) acked: AtomicU64,
@@ -394,9 +398,9 @@ impl<T: Send + Sync + 'static> Running<T> {
         self.shared.done.store(true, Ordering::Release);
     }
 
-    /// The outbox as a router's outlet, when there is one.
-    /// Down once a write failed and until one succeeds (a writer that
-    /// never wrote yet counts as up).
+    /// The outbox as a router's outlet, when there is one. Down once a
+    /// write failed and until one succeeds (a writer that never wrote yet
+    /// counts as up; a failure of the inbound side does not count).
     pub(super) fn outlet(&self) -> Option<Outlet<T>> {
         let rx = self.outbox.as_ref()?;
         let shared = Arc::clone(&self.shared);
@@ -407,9 +411,7 @@ impl<T: Send + Sync + 'static> Running<T> {
             move || {
                 if shared.stop.is_stopped() || shared.done.load(Ordering::Acquire) {
                     Link::Stopped
-                } else if !shared.counts.outbound_connected.load(Ordering::Relaxed)
-                    && shared.last_error.lock().is_some()
-                {
+                } else if shared.counts.outbound_failing.load(Ordering::Relaxed) {
                     Link::Down
                 } else {
                     Link::Up
@@ -598,6 +600,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             if !in_flight.is_empty() {
                 match self.finish(&mut con, &in_flight) {
                     Ok(nobody) => {
+                        c.outbound_failing.store(false, Ordering::Relaxed);
                         self.confirms.written(in_flight.ids.drain(..));
                         add(&c.published, in_flight.commands as u64);
                         add(&c.no_subscribers, nobody);
@@ -673,6 +676,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             add(&c.reconnects, 1);
         }
         c.outbound_connected.store(false, Ordering::Relaxed);
+        c.outbound_failing.store(true, Ordering::Relaxed);
         self.shared.failed("outbound", e);
         *failures = failures.saturating_add(1);
         self.pause(self.io.backoff.delay(*failures));
