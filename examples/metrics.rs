@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                     .when_open(WhenOpen::DeadLetter),
             ),
         |m: &Message<u64>| {
-            if m.payload() % 3 == 0 {
+            if m.payload().is_multiple_of(3) {
                 Err("payment service unavailable")
             } else {
                 Ok(())

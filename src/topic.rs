@@ -258,7 +258,7 @@ fn validate(s: &str, limits: &Limits, mode: Mode) -> Result<Scan, TopicError> {
                 if mode == Mode::Topic {
                     return Err(TopicError::new(TopicErrorKind::WildcardInTopic(c), i));
                 }
-                let whole_level = i == level_start && bytes.get(i + 1).map_or(true, |&n| n == b'.');
+                let whole_level = i == level_start && bytes.get(i + 1).is_none_or(|&n| n == b'.');
                 if !whole_level {
                     return Err(TopicError::new(TopicErrorKind::MisplacedWildcard(c), i));
                 }

@@ -329,7 +329,7 @@ fn panicking_and_failing_handlers_are_isolated() {
     let bus = new_bus::<u32>(1);
     let bad = bus
         .subscribe("x", |m: &Message<u32>| {
-            if m.payload() % 2 == 0 {
+            if m.payload().is_multiple_of(2) {
                 panic!("boom {}", m.payload());
             }
             Err::<(), _>("nope")

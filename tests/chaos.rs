@@ -143,7 +143,7 @@ fn subscribe(bus: &Bus<u64>, rng: &mut SmallRng, n: usize) -> (Handle, Subscript
         opts = opts.inline(true);
     } else {
         opts = opts
-            .concurrency(if n % 5 == 0 { 2 } else { 1 })
+            .concurrency(if n.is_multiple_of(5) { 2 } else { 1 })
             .batch(rng.gen_range(1..16));
         if rng.gen_bool(0.4) {
             max_calls = rng.gen_range(2..4);
@@ -334,7 +334,7 @@ fn every_message_is_ok_none_lost_duplicated_or_unexpected() {
                     s.resume();
                 }
             }
-            3 if rounds % 4 == 0 => {
+            3 if rounds.is_multiple_of(4) => {
                 match live.swap_remove(i) {
                     Handle::Push(s) => s.unsubscribe(),
                     Handle::Pull(r) => drop(r),

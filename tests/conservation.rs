@@ -81,9 +81,9 @@ fn subscribe(bus: &Bus<u64>, rng: &mut SmallRng, n: usize) -> Subscription {
         .pattern(pattern)
         .capacity(rng.gen_range(1..64))
         .overflow(policy(rng))
-        .concurrency(if n % 7 == 0 { 2 } else { 1 })
+        .concurrency(if n.is_multiple_of(7) { 2 } else { 1 })
         .batch(rng.gen_range(1..32));
-    let opts = if n % 11 == 0 {
+    let opts = if n.is_multiple_of(11) {
         opts.queue_group(format!("g{}", n % 2), topicbus::GroupStrategy::RoundRobin)
     } else {
         opts
@@ -242,7 +242,7 @@ fn subscribe_reliable(bus: &Bus<u64>, rng: &mut SmallRng, n: usize) -> Subscript
                 .when_open(when_open),
         );
     }
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         opts = opts.dedup(Dedup::new(Duration::from_millis(50), 256));
     }
     let seed: u64 = rng.gen();

@@ -18,7 +18,7 @@ fn the_report_carries_the_snapshot() {
         .subscribe_with(
             SubscribeOptions::new().pattern("jobs").latency(true),
             |m: &Message<u32>| {
-                if m.payload() % 4 == 0 {
+                if m.payload().is_multiple_of(4) {
                     Err("every fourth")
                 } else {
                     Ok(())

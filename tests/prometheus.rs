@@ -35,7 +35,7 @@ fn the_exposition_parses_and_says_what_the_snapshot_says() {
     let ok = bus.subscribe("jobs.#", |_m: &Message<u32>| ()).unwrap();
     let odd_fails = bus
         .subscribe("jobs.eu", |m: &Message<u32>| {
-            if m.payload() % 2 == 0 {
+            if m.payload().is_multiple_of(2) {
                 Ok(())
             } else {
                 Err("odd")

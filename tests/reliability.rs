@@ -456,7 +456,7 @@ fn filters_run_before_enqueue_and_take_no_slot() {
                 .entity("billing")
                 .from_sender("checkout")
                 .header_eq("region", "eu")
-                .filter(|m: &Message<u32>| *m.payload() % 2 == 0),
+                .filter(|m: &Message<u32>| (*m.payload()).is_multiple_of(2)),
         )
         .unwrap();
     let build = |p: u32, to: Option<&str>, from: &str, region: &str| {

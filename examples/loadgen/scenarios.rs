@@ -747,7 +747,7 @@ impl Churner {
                     owed += per_tick;
                     while owed >= 1.0 {
                         owed -= 1.0;
-                        if changes % 2 == 0 && !rx.is_empty() {
+                        if changes.is_multiple_of(2) && !rx.is_empty() {
                             let k = rng.gen_range(0..rx.len());
                             drop(rx.swap_remove(k));
                         } else {

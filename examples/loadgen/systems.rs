@@ -803,7 +803,7 @@ fn publish_loop(
             // it).
             let give_up = start.saturating_add(span.saturating_mul(2));
             while i < n.min(max) {
-                if i % 64 == 0 && now_ns() > give_up {
+                if i.is_multiple_of(64) && now_ns() > give_up {
                     break;
                 }
                 let intended = pacer.wait(i, &RealClock);
@@ -824,7 +824,7 @@ fn publish_loop(
         None => loop {
             // Check the clock once per 256 messages: closed loop measures
             // the system, not the clock.
-            if i % 256 == 0 && (now_ns() >= end || i >= max) {
+            if i.is_multiple_of(256) && (now_ns() >= end || i >= max) {
                 break;
             }
             if i >= max {

@@ -164,7 +164,7 @@ impl<T: 'static> Gate<T> {
                 return false;
             }
         }
-        self.predicate.as_ref().map_or(true, |p| p(msg))
+        self.predicate.as_ref().is_none_or(|p| p(msg))
     }
 
     /// The filters, then the deduplication window (which remembers `msg`

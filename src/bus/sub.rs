@@ -540,7 +540,7 @@ impl<T: Send + Sync + 'static> Sub<T> {
     /// candidates).
     #[inline]
     pub(crate) fn accepts(&self, msg: &Message<T>) -> bool {
-        let accepted = self.gate.as_ref().map_or(true, |g| g.accepts(msg));
+        let accepted = self.gate.as_ref().is_none_or(|g| g.accepts(msg));
         if !accepted {
             self.counters.bump_routed(FILTERED);
         }
@@ -1242,9 +1242,10 @@ impl<T: Send + Sync + 'static> Sub<T> {
             Kind::Callback { runners, .. } => {
                 runners.iter().all(|r| r.state.is_idle())
                     && self.lanes.is_empty()
-                    && self.rel.as_ref().map_or(true, |r| {
-                        !r.has_ready() && r.waiting.load(Ordering::SeqCst) == 0
-                    })
+                    && self
+                        .rel
+                        .as_ref()
+                        .is_none_or(|r| !r.has_ready() && r.waiting.load(Ordering::SeqCst) == 0)
             }
             Kind::Inline { active, .. } => active.load(Ordering::Acquire) == 0,
             Kind::Pull(_) => true,

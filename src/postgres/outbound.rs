@@ -301,7 +301,7 @@ pub(super) struct Control {
 impl Control {
     /// Stopping, and the shutdown deadline has passed.
     pub(super) fn past_deadline(&self) -> bool {
-        self.deadline.lock().map_or(true, |d| Instant::now() >= d)
+        self.deadline.lock().is_none_or(|d| Instant::now() >= d)
     }
 
     /// Starts the shutdown: the threads have until `timeout` from now.

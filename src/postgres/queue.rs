@@ -994,7 +994,7 @@ impl<T: Serialize + Send + Sync + 'static> Producer<T> {
             if rows.len() == 0 && !closed {
                 closed = self.fill(&mut rows, stopping);
             }
-            if owed && notified.map_or(true, |t| t.elapsed() >= self.notify_every) {
+            if owed && notified.is_none_or(|t| t.elapsed() >= self.notify_every) {
                 if let Some(cl) = client.as_mut() {
                     if cl
                         .execute("SELECT pg_notify($1, '')", &[&self.sql.channel])
@@ -1312,7 +1312,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Consumer<T> {
     fn beat(&mut self, client: &mut Client) -> Result<(), PgError> {
         if self
             .last_heartbeat
-            .map_or(true, |t| t.elapsed() >= self.heartbeat)
+            .is_none_or(|t| t.elapsed() >= self.heartbeat)
         {
             client.execute(&self.sql.heartbeat(), &[&self.sql.queue, &self.name])?;
             self.last_heartbeat = Some(Instant::now());

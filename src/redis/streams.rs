@@ -425,7 +425,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Consumer<T> {
         while !self.shared.stop.is_stopped() {
             if self
                 .last_janitor
-                .map_or(true, |t| t.elapsed() >= self.visibility / 2)
+                .is_none_or(|t| t.elapsed() >= self.visibility / 2)
             {
                 self.janitor(&mut con)?;
                 self.last_janitor = Some(Instant::now());

@@ -315,16 +315,16 @@ impl DeadLetterQuery {
         // minimum Rust.
         self.topic
             .as_ref()
-            .map_or(true, |p| p.matches(letter.message.topic()))
+            .is_none_or(|p| p.matches(letter.message.topic()))
             && self
                 .subscription
-                .map_or(true, |s| letter.subscription == Some(s))
+                .is_none_or(|s| letter.subscription == Some(s))
             && self
                 .error_kind
-                .map_or(true, |k| letter.error.as_ref().is_some_and(|e| e.kind == k))
-            && self.reason.map_or(true, |r| letter.reason == r)
-            && self.since.map_or(true, |t| letter.last_failure >= t)
-            && self.until.map_or(true, |t| letter.last_failure < t)
+                .is_none_or(|k| letter.error.as_ref().is_some_and(|e| e.kind == k))
+            && self.reason.is_none_or(|r| letter.reason == r)
+            && self.since.is_none_or(|t| letter.last_failure >= t)
+            && self.until.is_none_or(|t| letter.last_failure < t)
     }
 }
 
@@ -621,9 +621,9 @@ mod tests {
                         let got: Vec<u64> = q.query(&query).iter().map(|l| l.id.0).collect();
                         let want: Vec<u64> = model
                             .iter()
-                            .filter(|r| topic.map_or(true, |t| r.1 == t))
-                            .filter(|r| sub.map_or(true, |s| r.2 == s))
-                            .filter(|r| reason.map_or(true, |x| r.3 == x))
+                            .filter(|r| topic.is_none_or(|t| r.1 == t))
+                            .filter(|r| sub.is_none_or(|s| r.2 == s))
+                            .filter(|r| reason.is_none_or(|x| r.3 == x))
                             .take(limit.unwrap_or(usize::MAX))
                             .map(|r| r.0)
                             .collect();

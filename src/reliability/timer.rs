@@ -168,7 +168,7 @@ impl Timer {
             st.started = true;
             self.start();
         }
-        let earlier = st.waiting_until.map_or(true, |w| at < w);
+        let earlier = st.waiting_until.is_none_or(|w| at < w);
         st.heap.push(Entry { at, seq, job });
         st.live.insert(seq);
         if earlier {
