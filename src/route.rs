@@ -291,6 +291,13 @@ impl<T: Send + Sync + 'static> Route<T> {
 }
 
 /// How a [`Router`] treats its routes; see the [module docs](self).
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::route::Strategy;
+/// assert_eq!(Strategy::default(), Strategy::BestEffort);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Strategy {
@@ -304,6 +311,14 @@ pub enum Strategy {
 }
 
 /// What happened to a message at one outlet.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::route::OutletOutcome;
+/// assert!(OutletOutcome::Held.has_it()); // waits in the outbox
+/// assert!(!OutletOutcome::Down.has_it());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OutletOutcome {
@@ -349,6 +364,17 @@ impl OutletOutcome {
 }
 
 /// One outlet tried for a route.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::route::{Attempt, OutletOutcome};
+/// fn failed(a: &Attempt) -> bool {
+///     !a.outcome.has_it()
+/// }
+/// # let _ = failed;
+/// # let _ = OutletOutcome::Down;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Attempt {
@@ -371,6 +397,14 @@ impl Attempt {
 }
 
 /// What one route did with a message: the outlets tried, in order.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::route::RouteReport;
+/// let untried = RouteReport::default();
+/// assert!(!untried.tried() && untried.delivered_by().is_none());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct RouteReport {
@@ -442,6 +476,21 @@ pub struct RouteReceipt {
 }
 
 /// Why a [`Router`] refused or failed a publish.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::route::{RouteError, RouteReceipt};
+/// fn explain(e: &RouteError) -> String {
+///     match e {
+///         RouteError::Unavailable { route, .. } => format!("route {route}: nothing up, nothing sent"),
+///         RouteError::Incomplete(r) => format!("partly sent: {:?}", r.routes),
+///         other => other.to_string(),
+///     }
+/// }
+/// assert_eq!(explain(&RouteError::NoRoutes), "a router needs at least one route");
+/// # let _: Option<RouteReceipt> = None;
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RouteError {
@@ -481,7 +530,18 @@ pub enum RouteError {
     DuplicateOutlet(String),
 }
 
-/// Settings of a [`Router`].
+/// Settings of a [`Router`], from [`Router::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::route::{RouteError, Router, Strategy};
+/// use topicbus::Bus;
+/// let bus = Bus::<String>::builder().workers(1).build()?;
+/// let refused = Router::builder(&bus).strategy(Strategy::All).local(false).build();
+/// assert!(matches!(refused, Err(RouteError::NoRoutes)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use]
 pub struct RouterBuilder<T: Send + Sync + 'static> {
     bus: Bus<T>,
