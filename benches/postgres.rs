@@ -230,13 +230,18 @@ fn archive(c: &mut Criterion) {
         .expect("staging");
     let codec = codec();
     let topic = Topic::parse("orders.eu.created").expect("topic");
-    let bus = Bus::<String>::builder().workers(1).build().expect("bus");
-    let archive = PgArchive::builder(db.as_str(), codec.clone())
-        .export("orders.#")
-        .batch(BATCH, Duration::from_millis(50))
-        .outbox(1 << 21, OverflowPolicy::DropOldest)
-        .start(&bus)
-        .expect("archive");
+    // A bus and its archive, exporting everything, with envelopes of `codec`.
+    let archived = |codec: Codec| {
+        let bus = Bus::<String>::builder().workers(1).build().expect("bus");
+        let archive = PgArchive::builder(db.as_str(), codec)
+            .export("orders.#")
+            .batch(BATCH, Duration::from_millis(50))
+            .outbox(1 << 21, OverflowPolicy::DropOldest)
+            .start(&bus)
+            .expect("archive");
+        (bus, archive)
+    };
+    let (bus, archive) = archived(codec.clone());
     // The day's partition exists before the raw loop runs.
     bus.publish(&topic, payload(0)).expect("publish");
     while archive.stats().archived < 1 {
@@ -292,13 +297,7 @@ fn archive(c: &mut Criterion) {
     });
     // The same with envelopes neither signed nor checked: what the HMAC
     // costs the archive (a table only trusted writers reach).
-    let plain_bus = Bus::<String>::builder().workers(1).build().expect("bus");
-    let plain = PgArchive::builder(db.as_str(), Codec::unsigned())
-        .export("orders.#")
-        .batch(BATCH, Duration::from_millis(50))
-        .outbox(1 << 21, OverflowPolicy::DropOldest)
-        .start(&plain_bus)
-        .expect("archive");
+    let (plain_bus, plain) = archived(Codec::unsigned());
     g.bench_function("adapter_unsigned", |b| {
         b.iter_custom(|n| {
             empty(&mut client);

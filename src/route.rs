@@ -79,9 +79,21 @@ pub(crate) enum Link {
     Stopped,
 }
 
+impl Link {
+    /// Stopped wins over down; up otherwise.
+    pub(crate) fn of(stopped: bool, down: bool) -> Self {
+        match (stopped, down) {
+            (true, _) => Self::Stopped,
+            (false, true) => Self::Down,
+            (false, false) => Self::Up,
+        }
+    }
+}
+
 /// Messages an outlet's writer has been asked to confirm, and which of
-/// them it wrote. Costs the writer one atomic load per batch while nobody
-/// waits.
+/// them it wrote. While nobody waits it costs the writer an atomic load:
+/// per batch written, and (in the Redis writer, which keeps a batch's ids
+/// only when asked) per message taken.
 #[derive(Default)]
 pub(crate) struct Confirms {
     watched: AtomicUsize,

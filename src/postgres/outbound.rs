@@ -253,13 +253,10 @@ pub(super) fn outlet<T: Send + Sync + 'static, C: Send + Sync + 'static>(
         Arc::clone(outbox?),
         Arc::clone(confirms),
         move || {
-            if shared.control.stop.is_stopped() || shared.control.is_done() {
-                Link::Stopped
-            } else if down(&shared.counts) {
-                Link::Down
-            } else {
-                Link::Up
-            }
+            Link::of(
+                shared.control.stop.is_stopped() || shared.control.is_done(),
+                down(&shared.counts),
+            )
         },
     ))
 }

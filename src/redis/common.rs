@@ -409,13 +409,10 @@ impl<T: Send + Sync + 'static> Running<T> {
             Arc::clone(rx),
             Arc::clone(&self.confirms),
             move || {
-                if shared.stop.is_stopped() || shared.done.load(Ordering::Acquire) {
-                    Link::Stopped
-                } else if shared.counts.outbound_failing.load(Ordering::Relaxed) {
-                    Link::Down
-                } else {
-                    Link::Up
-                }
+                Link::of(
+                    shared.stop.is_stopped() || shared.done.load(Ordering::Acquire),
+                    shared.counts.outbound_failing.load(Ordering::Relaxed),
+                )
             },
         ))
     }
