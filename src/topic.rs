@@ -26,10 +26,38 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 /// The level separator.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Topic, SEPARATOR};
+/// let t = Topic::parse("orders.eu.created")?;
+/// assert_eq!(t.as_str().split(SEPARATOR).count(), 3);
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
 pub const SEPARATOR: char = '.';
 /// The single-level wildcard: matches exactly one level.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Level, Pattern, STAR};
+/// let p = Pattern::parse(&format!("orders.{STAR}.created"))?;
+/// assert_eq!(p.levels().nth(1), Some(Level::Star));
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
 pub const STAR: &str = "*";
 /// The multi-level wildcard: matches zero or more levels.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Pattern, Topic, HASH};
+/// let p = Pattern::parse(&format!("orders.{HASH}"))?;
+/// assert!(p.matches(&Topic::parse("orders")?)); // zero levels
+/// assert!(p.matches(&Topic::parse("orders.eu.created")?));
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
 pub const HASH: &str = "#";
 
 /// Size limits applied when parsing topics and patterns.
@@ -156,11 +184,27 @@ impl TopicError {
     }
 
     /// Which rule was broken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Topic, TopicErrorKind};
+    /// let err = Topic::parse("a..b").unwrap_err();
+    /// assert!(matches!(err.kind(), TopicErrorKind::EmptyLevel));
+    /// ```
     pub fn kind(&self) -> &TopicErrorKind {
         &self.kind
     }
 
     /// The byte offset in the input where the rule was broken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Topic;
+    /// let err = Topic::parse("a..b").unwrap_err();
+    /// assert_eq!(err.position(), 2);
+    /// ```
     pub fn position(&self) -> usize {
         self.position
     }

@@ -48,6 +48,28 @@ use crate::sync::{wait_deadline, BoundedQueue, Condvar, Mutex};
 pub const STARVATION_LIMIT: u32 = 16;
 
 /// What happens to a message published into a full lane.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Bus, OverflowPolicy, SubscribeOptions};
+/// let bus = Bus::<u32>::builder()
+///     .workers(1)
+///     .overflow(OverflowPolicy::Block { timeout: Duration::from_millis(100) })
+///     .build()?;
+/// // One subscription keeps the newest messages and sheds the oldest.
+/// let rx = bus.receiver_with(
+///     SubscribeOptions::new().pattern("ticks").capacity(2).overflow(OverflowPolicy::DropOldest),
+/// )?;
+/// for i in 0..5 {
+///     bus.publish("ticks", i)?;
+/// }
+/// let kept: Vec<u32> = rx.try_iter().map(|m| *m.payload()).collect();
+/// assert_eq!(kept, [3, 4]);
+/// assert_eq!(rx.stats().counts.dropped.oldest, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OverflowPolicy {

@@ -7,6 +7,17 @@ use smallvec::SmallVec;
 
 /// A header name or value: borrowed from a `'static` string (no allocation)
 /// or owned.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{HeaderText, Headers};
+/// let mut h = Headers::new();
+/// let id: HeaderText = format!("req-{}", 7).into(); // owned
+/// h.insert("source", "billing"); // borrowed: allocates nothing
+/// h.insert("request-id", id);
+/// assert_eq!(h.get("request-id"), Some("req-7"));
+/// ```
 pub type HeaderText = Cow<'static, str>;
 
 /// Message headers: string names to string values, in insertion order.
@@ -33,11 +44,28 @@ pub struct Headers(SmallVec<[(HeaderText, HeaderText); 4]>);
 
 impl Headers {
     /// An empty header map (allocates nothing).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Headers;
+    /// let h = Headers::new();
+    /// assert!(h.is_empty());
+    /// ```
     pub const fn new() -> Self {
         Self(SmallVec::new_const())
     }
 
     /// The value of `name`, if present.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Headers;
+    /// let h: Headers = [("tenant", "acme")].into_iter().collect();
+    /// assert_eq!(h.get("tenant"), Some("acme"));
+    /// assert_eq!(h.get("Tenant"), None); // names are case-sensitive
+    /// ```
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
@@ -46,11 +74,30 @@ impl Headers {
     }
 
     /// True when `name` is present.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Headers;
+    /// let h: Headers = [("trace", "on")].into_iter().collect();
+    /// assert!(h.contains("trace"));
+    /// assert!(!h.contains("debug"));
+    /// ```
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
 
     /// Sets `name` to `value`; returns the previous value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Headers;
+    /// let mut h = Headers::new();
+    /// assert_eq!(h.insert("region", "eu"), None);
+    /// assert_eq!(h.insert("region", "us").as_deref(), Some("eu"));
+    /// assert_eq!(h.get("region"), Some("us"));
+    /// ```
     pub fn insert(
         &mut self,
         name: impl Into<HeaderText>,
@@ -67,22 +114,59 @@ impl Headers {
     }
 
     /// Removes `name`; returns its value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Headers;
+    /// let mut h: Headers = [("a", "1"), ("b", "2")].into_iter().collect();
+    /// assert_eq!(h.remove("a").as_deref(), Some("1"));
+    /// assert_eq!(h.remove("a"), None);
+    /// assert_eq!(h.len(), 1);
+    /// ```
     pub fn remove(&mut self, name: &str) -> Option<HeaderText> {
         let i = self.0.iter().position(|(n, _)| n.as_ref() == name)?;
         Some(self.0.remove(i).1)
     }
 
     /// The number of headers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Headers;
+    /// let h: Headers = [("a", "1"), ("b", "2"), ("a", "3")].into_iter().collect();
+    /// assert_eq!(h.len(), 2); // the second "a" replaced the first
+    /// ```
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// True when there are no headers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Headers;
+    /// let mut h = Headers::new();
+    /// assert!(h.is_empty());
+    /// h.insert("a", "1");
+    /// assert!(!h.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The headers in insertion order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Headers;
+    /// let h: Headers = [("z", "1"), ("a", "2")].into_iter().collect();
+    /// let pairs: Vec<_> = h.iter().collect();
+    /// assert_eq!(pairs, [("z", "1"), ("a", "2")]); // insertion order
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }

@@ -50,6 +50,15 @@ impl Priority {
     pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
 
     /// The lane index: 0 for high, 1 for normal, 2 for low.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Priority;
+    /// assert_eq!(Priority::High.lane(), 0);
+    /// assert_eq!(Priority::Normal.lane(), 1);
+    /// assert_eq!(Priority::Low.lane(), 2);
+    /// ```
     #[inline]
     pub const fn lane(self) -> usize {
         match self {
@@ -134,6 +143,18 @@ static NO_HEADERS: Headers = Headers::new();
 
 impl<T> Message<T> {
     /// Starts a message for `topic` carrying `payload`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Priority, Topic};
+    /// let m = Message::builder(Topic::parse("orders.eu.created")?, 42u32)
+    ///     .priority(Priority::High)
+    ///     .build();
+    /// assert_eq!(m.topic().as_str(), "orders.eu.created");
+    /// assert_eq!((*m.payload(), m.priority()), (42, Priority::High));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn builder(topic: Topic, payload: T) -> MessageBuilder<T> {
         MessageBuilder {
             topic,
@@ -184,26 +205,75 @@ impl<T> Message<T> {
     }
 
     /// The unique, time-ordered id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let a = Message::builder(Topic::parse("a")?, ()).build();
+    /// let b = Message::builder(Topic::parse("a")?, ()).build();
+    /// assert!(a.id() < b.id()); // unique and time-ordered
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn id(&self) -> MessageId {
         self.id
     }
 
     /// The topic it was published to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("users.signup")?, ()).build();
+    /// assert_eq!(m.topic().levels().collect::<Vec<_>>(), ["users", "signup"]);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn topic(&self) -> &Topic {
         &self.topic
     }
 
     /// The payload.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, String::from("hello")).build();
+    /// assert_eq!(m.payload(), "hello");
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn payload(&self) -> &T {
         &self.payload
     }
 
     /// Takes the payload out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, vec![1u8, 2, 3]).build();
+    /// let bytes: Vec<u8> = m.into_payload();
+    /// assert_eq!(bytes, [1, 2, 3]);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn into_payload(self) -> T {
         self.payload
     }
 
     /// The headers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, ())
+    ///     .header("content-type", "text/plain")
+    ///     .build();
+    /// assert_eq!(m.headers().get("content-type"), Some("text/plain"));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn headers(&self) -> &Headers {
         self.extras.as_ref().map_or(&NO_HEADERS, |e| &e.headers)
     }
@@ -219,53 +289,161 @@ impl<T> Message<T> {
     }
 
     /// When the message was created (wall clock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use topicbus::{Message, Topic};
+    /// let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// let m = Message::builder(Topic::parse("a")?, ()).timestamp(at).build();
+    /// assert_eq!(m.timestamp(), at);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn timestamp(&self) -> SystemTime {
         self.timestamp
     }
 
     /// The delivery priority.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Priority, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, ()).build();
+    /// assert_eq!(m.priority(), Priority::Normal);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn priority(&self) -> Priority {
         self.priority
     }
 
     /// When the message expires, if ever.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, ()).ttl(Duration::from_secs(30)).build();
+    /// assert_eq!(m.expires_at(), Some(m.timestamp() + Duration::from_secs(30)));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
     }
 
     /// True when the message has expired at `now` (an expiry exactly at
     /// `now` counts as expired). Never true for a message without expiry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, ()).ttl(Duration::from_secs(30)).build();
+    /// assert!(!m.is_expired_at(m.timestamp()));
+    /// assert!(m.is_expired_at(m.timestamp() + Duration::from_secs(30)));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
 
     /// The conversation this message belongs to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let request = Message::builder(Topic::parse("quote.request")?, ()).build();
+    /// let reply = Message::builder(Topic::parse("quote.reply")?, ())
+    ///     .correlation_id(request.id())
+    ///     .build();
+    /// assert_eq!(reply.correlation_id(), Some(request.id()));
+    /// assert_eq!(request.correlation_id(), None);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn correlation_id(&self) -> Option<MessageId> {
         self.extras.as_ref().and_then(|e| e.correlation_id)
     }
 
     /// The message that caused this one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let order = Message::builder(Topic::parse("orders.created")?, ()).build();
+    /// let invoice = Message::builder(Topic::parse("invoices.created")?, ())
+    ///     .caused_by(&order)
+    ///     .build();
+    /// assert_eq!(invoice.causation_id(), Some(order.id()));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn causation_id(&self) -> Option<MessageId> {
         self.extras.as_ref().and_then(|e| e.causation_id)
     }
 
     /// The sending entity, if given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("chat")?, ()).from("alice").build();
+    /// assert_eq!(m.from(), Some("alice"));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn from(&self) -> Option<&str> {
         self.extras.as_ref().and_then(|e| e.from.as_deref())
     }
 
     /// The addressed entity, if given (`None`: a broadcast).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let direct = Message::builder(Topic::parse("chat")?, ()).to("bob").build();
+    /// let broadcast = Message::builder(Topic::parse("chat")?, ()).build();
+    /// assert_eq!((direct.to(), broadcast.to()), (Some("bob"), None));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn to(&self) -> Option<&str> {
         self.extras.as_ref().and_then(|e| e.to.as_deref())
     }
 
     /// Where replies should be published, if anywhere.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("quote.request")?, ())
+    ///     .reply_to(Topic::parse("quote.reply.client-1")?)
+    ///     .build();
+    /// assert_eq!(m.reply_to().map(|t| t.as_str()), Some("quote.reply.client-1"));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn reply_to(&self) -> Option<&Topic> {
         self.extras.as_ref().and_then(|e| e.reply_to.as_ref())
     }
 
     /// When the message is to be delivered, if it was published with a
     /// delay (see [`MessageBuilder::deliver_at`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("reminders")?, ())
+    ///     .delay(Duration::from_secs(60))
+    ///     .build();
+    /// assert_eq!(m.deliver_at(), Some(m.timestamp() + Duration::from_secs(60)));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn deliver_at(&self) -> Option<SystemTime> {
         self.extras.as_ref().and_then(|e| e.deliver_at)
     }
@@ -357,6 +535,22 @@ enum Expiry {
 }
 
 /// Builds a [`Message`]. Everything but the topic and payload is optional.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Message, Priority, Topic};
+/// let m = Message::builder(Topic::parse("payments.settled")?, 1200u64)
+///     .header("currency", "EUR")
+///     .priority(Priority::High)
+///     .ttl(Duration::from_secs(5))
+///     .from("ledger")
+///     .build();
+/// assert_eq!(m.headers().get("currency"), Some("EUR"));
+/// assert!(m.expires_at().is_some());
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
 #[derive(Debug)]
 pub struct MessageBuilder<T> {
     topic: Topic,
@@ -377,6 +571,18 @@ pub struct MessageBuilder<T> {
 
 impl<T> MessageBuilder<T> {
     /// Adds (or replaces) a header.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, ())
+    ///     .header("k", "first")
+    ///     .header("k", "second")
+    ///     .build();
+    /// assert_eq!(m.headers().get("k"), Some("second"));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn header(mut self, name: impl Into<HeaderText>, value: impl Into<HeaderText>) -> Self {
         self.headers.insert(name, value);
@@ -384,6 +590,16 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Replaces all headers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Headers, Message, Topic};
+    /// let h: Headers = [("a", "1"), ("b", "2")].into_iter().collect();
+    /// let m = Message::builder(Topic::parse("x")?, ()).headers(h.clone()).build();
+    /// assert_eq!(m.headers(), &h);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn headers(mut self, headers: Headers) -> Self {
         self.headers = headers;
@@ -391,6 +607,15 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Sets the priority (default [`Priority::Normal`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Priority, Topic};
+    /// let m = Message::builder(Topic::parse("alerts")?, ()).priority(Priority::High).build();
+    /// assert_eq!(m.priority(), Priority::High);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
@@ -398,6 +623,16 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Expires the message `ttl` after its creation time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("quotes")?, ()).ttl(Duration::from_millis(500)).build();
+    /// assert!(m.is_expired_at(m.timestamp() + Duration::from_millis(500)));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.expiry = Expiry::After(ttl);
@@ -405,6 +640,17 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Expires the message at `at`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use topicbus::{Message, Topic};
+    /// let at = SystemTime::now() + Duration::from_secs(10);
+    /// let m = Message::builder(Topic::parse("quotes")?, ()).expires_at(at).build();
+    /// assert_eq!(m.expires_at(), Some(at));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn expires_at(mut self, at: SystemTime) -> Self {
         self.expiry = Expiry::At(at);
@@ -412,6 +658,16 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Sets the correlation id (the conversation).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, MessageId, Topic};
+    /// let conversation = MessageId::new();
+    /// let m = Message::builder(Topic::parse("a")?, ()).correlation_id(conversation).build();
+    /// assert_eq!(m.correlation_id(), Some(conversation));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn correlation_id(mut self, id: MessageId) -> Self {
         self.correlation_id = Some(id);
@@ -419,6 +675,16 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Sets the causation id (the parent message).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, MessageId, Topic};
+    /// let parent = MessageId::new();
+    /// let m = Message::builder(Topic::parse("a")?, ()).causation_id(parent).build();
+    /// assert_eq!(m.causation_id(), Some(parent));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn causation_id(mut self, id: MessageId) -> Self {
         self.causation_id = Some(id);
@@ -428,6 +694,18 @@ impl<T> MessageBuilder<T> {
     /// Marks this message as caused by `parent`: its causation id is the
     /// parent's id and its correlation id the parent's (or, if the parent
     /// starts the conversation, the parent's id).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let order = Message::builder(Topic::parse("orders.created")?, ()).build();
+    /// let invoice = Message::builder(Topic::parse("invoices.created")?, ()).caused_by(&order).build();
+    /// let mail = Message::builder(Topic::parse("mail.sent")?, ()).caused_by(&invoice).build();
+    /// assert_eq!(mail.causation_id(), Some(invoice.id()));
+    /// assert_eq!(mail.correlation_id(), Some(order.id())); // the conversation's start
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn caused_by<P>(mut self, parent: &Message<P>) -> Self {
         self.causation_id = Some(parent.id);
@@ -436,6 +714,15 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Sets the sending entity.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("chat")?, ()).from("alice").build();
+    /// assert_eq!(m.from(), Some("alice"));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn from(mut self, entity: impl Into<Arc<str>>) -> Self {
         self.from = Some(entity.into());
@@ -443,6 +730,15 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Addresses the message to one entity.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("chat")?, ()).to("bob").build();
+    /// assert_eq!(m.to(), Some("bob"));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn to(mut self, entity: impl Into<Arc<str>>) -> Self {
         self.to = Some(entity.into());
@@ -450,6 +746,16 @@ impl<T> MessageBuilder<T> {
     }
 
     /// Sets where replies should be published.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let inbox = Topic::parse("replies.me")?;
+    /// let m = Message::builder(Topic::parse("ask")?, ()).reply_to(inbox.clone()).build();
+    /// assert_eq!(m.reply_to(), Some(&inbox));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn reply_to(mut self, topic: Topic) -> Self {
         self.reply_to = Some(topic);
@@ -486,6 +792,17 @@ impl<T> MessageBuilder<T> {
 
     /// Delivers the message at `at` (wall clock) instead of at once; see
     /// [`delay`](Self::delay).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use topicbus::{Message, Topic};
+    /// let at = SystemTime::now() + Duration::from_secs(3600);
+    /// let m = Message::builder(Topic::parse("reminders")?, ()).deliver_at(at).build();
+    /// assert_eq!(m.deliver_at(), Some(at));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn deliver_at(mut self, at: SystemTime) -> Self {
         self.delivery = Delivery::At(at);
@@ -497,6 +814,17 @@ impl<T> MessageBuilder<T> {
     /// real wall clock, so ids stay in order whatever clocks messages use.
     ///
     /// [`build`]: MessageBuilder::build
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use topicbus::{Message, Topic};
+    /// let at = UNIX_EPOCH + Duration::from_secs(86_400);
+    /// let m = Message::builder(Topic::parse("a")?, ()).timestamp(at).ttl(Duration::from_secs(1)).build();
+    /// assert_eq!(m.expires_at(), Some(at + Duration::from_secs(1))); // counted from the timestamp
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn timestamp(mut self, at: SystemTime) -> Self {
         self.timestamp = Some(at);
@@ -505,6 +833,18 @@ impl<T> MessageBuilder<T> {
 
     /// Restores a message read back from storage: keeps its id, creation
     /// time and attempt instead of minting new ones.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Message, Topic};
+    /// let original = Message::builder(Topic::parse("jobs")?, "payload").build();
+    /// let restored = Message::builder(original.topic().clone(), *original.payload())
+    ///     .restore(original.id(), original.timestamp(), 3)
+    ///     .build();
+    /// assert_eq!((restored.id(), restored.attempt()), (original.id(), 3));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[must_use]
     pub fn restore(mut self, id: MessageId, created: SystemTime, attempt: u32) -> Self {
         self.id = Some(id);
@@ -516,6 +856,16 @@ impl<T> MessageBuilder<T> {
     /// Builds the message: stamps the creation time (unless given) and a
     /// fresh id (unless restored), and resolves a TTL into an expiry time
     /// counted from the creation time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Message, Topic};
+    /// let m = Message::builder(Topic::parse("a")?, ()).ttl(Duration::from_secs(1)).build();
+    /// assert_eq!(m.expires_at(), Some(m.timestamp() + Duration::from_secs(1)));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn build(self) -> Message<T> {
         // One clock reading serves both the id and the timestamp (ids always
         // follow the real clock, even when a timestamp is given).

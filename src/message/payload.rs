@@ -1,6 +1,19 @@
 //! Payload size limits for byte-like payloads (SPEC R7).
 
 /// The default payload limit: 1 MiB.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, PublishError, DEFAULT_MAX_PAYLOAD};
+/// let bus = Bus::<Vec<u8>>::builder().workers(1).max_payload(DEFAULT_MAX_PAYLOAD).build()?;
+/// assert!(bus.publish("blobs", vec![0; DEFAULT_MAX_PAYLOAD]).is_ok());
+/// assert!(matches!(
+///     bus.publish("blobs", vec![0; DEFAULT_MAX_PAYLOAD + 1]),
+///     Err(PublishError::PayloadTooLarge(_))
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
 /// The size in bytes of a byte-like payload, for size limits.
@@ -30,6 +43,14 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 /// ```
 pub trait PayloadSize {
     /// The payload's size in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::PayloadSize;
+    /// assert_eq!("héllo".payload_size(), 6); // bytes, not characters
+    /// assert_eq!(vec![0u8; 10].payload_size(), 10);
+    /// ```
     fn payload_size(&self) -> usize;
 }
 
