@@ -67,6 +67,18 @@ pub struct Confirmation {
 
 impl Confirmation {
     /// Complete, and every outcome handled or received.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let _s = bus.subscribe("t", |m: &Message<u32>| if *m.payload() > 0 { Ok(()) } else { Err("zero") })?;
+    /// assert!(bus.publish_confirmed("t", 1, Duration::from_secs(10))?.all_succeeded());
+    /// assert!(!bus.publish_confirmed("t", 0, Duration::from_secs(10))?.all_succeeded());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn all_succeeded(&self) -> bool {
         self.complete && self.deliveries.iter().all(|d| d.outcome.is_success())
     }

@@ -7,6 +7,15 @@ use std::time::Duration;
 
 /// How well the bus (or one of its parts) is doing. Ordered: `Healthy <
 /// Degraded < Unhealthy`; the bus's status is its worst part's.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::HealthStatus;
+/// assert!(HealthStatus::Healthy < HealthStatus::Degraded);
+/// assert!(HealthStatus::Degraded < HealthStatus::Unhealthy);
+/// assert_eq!(HealthStatus::Degraded.to_string(), "degraded");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HealthStatus {
     /// Everything works as configured.
@@ -30,6 +39,19 @@ impl fmt::Display for HealthStatus {
 }
 
 /// One reason the bus is not healthy.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Bus, HealthStatus};
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// bus.shutdown(Duration::from_secs(10))?;
+/// let issue = &bus.health().issues[0];
+/// assert_eq!((issue.status, issue.component.as_str()), (HealthStatus::Unhealthy, "bus"));
+/// println!("{issue}"); // "unhealthy: bus: …"
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HealthIssue {
@@ -127,6 +149,21 @@ pub trait HealthCheck: Send + Sync {
     /// `None` when healthy; else what is wrong. Called on the thread that
     /// asks for the bus's health: keep it quick (report a state the
     /// adapter keeps, do not probe the network here).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{HealthCheck, HealthIssue, HealthStatus};
+    /// struct Disk { free_percent: u8 }
+    /// impl HealthCheck for Disk {
+    ///     fn check(&self) -> Option<HealthIssue> {
+    ///         (self.free_percent < 10)
+    ///             .then(|| HealthIssue::new(HealthStatus::Degraded, "disk", "under 10 % free"))
+    ///     }
+    /// }
+    /// assert!(Disk { free_percent: 50 }.check().is_none());
+    /// assert_eq!(Disk { free_percent: 5 }.check().map(|i| i.status), Some(HealthStatus::Degraded));
+    /// ```
     fn check(&self) -> Option<HealthIssue>;
 }
 
@@ -161,6 +198,14 @@ impl Default for HealthThresholds {
 
 impl HealthThresholds {
     /// Sets [`mailbox_fill`](Self::mailbox_fill).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::HealthThresholds;
+    /// let t = HealthThresholds::default().mailbox_fill(0.95);
+    /// assert_eq!(t.mailbox_fill, 0.95);
+    /// ```
     #[must_use]
     pub fn mailbox_fill(mut self, fill: f64) -> Self {
         self.mailbox_fill = fill;
@@ -168,6 +213,15 @@ impl HealthThresholds {
     }
 
     /// Sets [`timer_lag`](Self::timer_lag).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::HealthThresholds;
+    /// let t = HealthThresholds::default().timer_lag(Duration::from_millis(250));
+    /// assert_eq!(t.timer_lag, Duration::from_millis(250));
+    /// ```
     #[must_use]
     pub fn timer_lag(mut self, lag: Duration) -> Self {
         self.timer_lag = lag;

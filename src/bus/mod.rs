@@ -106,6 +106,19 @@ pub(crate) use sub::Offered;
 use sub::{DeadLetterOn, Group, HandlerFn, Make, Reliable, Spec, Sub};
 
 /// A handler's error, boxed.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{BoxError, Bus, Message};
+/// fn parse(m: &Message<String>) -> Result<(), BoxError> {
+///     let _n: u64 = m.payload().parse()?; // any std error converts
+///     Ok(())
+/// }
+/// let bus = Bus::<String>::builder().workers(1).build()?;
+/// let _s = bus.subscribe("numbers", parse)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What a handler may return: `()` (it cannot fail) or
@@ -129,6 +142,15 @@ pub trait HandlerResult {
     /// # Errors
     ///
     /// The handler's error, boxed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::HandlerResult;
+    /// assert!(().into_result().is_ok());
+    /// let failed: Result<(), &str> = Err("boom");
+    /// assert_eq!(failed.into_result().unwrap_err().to_string(), "boom");
+    /// ```
     fn into_result(self) -> Result<(), BoxError>;
 }
 
@@ -152,10 +174,44 @@ const DRAINED: u8 = 2;
 const CLOSED: u8 = 3;
 
 /// The default lane capacity.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, DEFAULT_CAPACITY};
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let s = bus.subscribe("t", |_m: &topicbus::Message<u32>| ())?;
+/// s.pause();
+/// for i in 0..DEFAULT_CAPACITY as u32 {
+///     assert_eq!(bus.publish("t", i)?.enqueued, 1);
+/// }
+/// assert_eq!(s.stats().queued[1], DEFAULT_CAPACITY); // the normal lane is full
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_CAPACITY: usize = 1024;
 /// The default number of messages a worker handles per turn.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, DEFAULT_BATCH};
+/// // Favour fairness between subscriptions over throughput:
+/// let bus = Bus::<u32>::builder().batch(DEFAULT_BATCH / 4).build()?;
+/// # drop(bus);
+/// # Ok::<(), topicbus::BuildError>(())
+/// ```
 pub const DEFAULT_BATCH: usize = 64;
 /// The default timeout of the shutdown run when the last handle drops.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, DEFAULT_DROP_TIMEOUT};
+/// // Dropping the last handle shuts the bus down, waiting this long at most.
+/// let bus = Bus::<u32>::builder().drop_timeout(DEFAULT_DROP_TIMEOUT * 2).build()?;
+/// drop(bus);
+/// # Ok::<(), topicbus::BuildError>(())
+/// ```
 pub const DEFAULT_DROP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Checks a payload's size; set by [`BusBuilder::max_payload`].
@@ -239,12 +295,35 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     }
 
     /// Worker threads (default: the available cores).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(2).build()?;
+    /// let w = bus.metrics().workers;
+    /// assert_eq!(w.running + w.idle + w.parked, 2);
+    /// assert!(Bus::<u32>::builder().workers(0).build().is_err());
+    /// # Ok::<(), topicbus::BuildError>(())
+    /// ```
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = Some(workers);
         self
     }
 
     /// Default lane capacity of each subscription (default 1,024 per lane).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, OverflowPolicy};
+    /// let bus = Bus::<u32>::builder().workers(1).capacity(2).overflow(OverflowPolicy::DropNewest).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// let enqueued: Vec<u32> = (0..3).map(|i| bus.publish("t", i).map(|r| r.enqueued)).collect::<Result<_, _>>()?;
+    /// assert_eq!(enqueued, [1, 1, 0]); // the third found the lane full
+    /// assert_eq!(rx.stats().counts.dropped.newest, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
@@ -253,6 +332,17 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     /// Default overflow policy (default: block the publisher up to one
     /// second, then drop the message, counted as
     /// [`Timeout`](DropReason::Timeout)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, OverflowPolicy, PublishError};
+    /// let bus = Bus::<u32>::builder().workers(1).capacity(1).overflow(OverflowPolicy::Reject).build()?;
+    /// let _rx = bus.receiver("t")?;
+    /// bus.publish("t", 1)?;
+    /// assert!(matches!(bus.publish("t", 2), Err(PublishError::Rejected { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
         self.overflow = policy;
         self
@@ -260,12 +350,32 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
 
     /// Default messages per worker turn (default 64): higher favours
     /// throughput, lower fairness between subscriptions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().batch(256).build()?; // throughput over fairness
+    /// # drop(bus);
+    /// assert!(Bus::<u32>::builder().batch(0).build().is_err());
+    /// # Ok::<(), topicbus::BuildError>(())
+    /// ```
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch;
         self
     }
 
     /// Topic and pattern limits (default 255 bytes, 32 levels).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Limits, PublishError};
+    /// let bus = Bus::<u32>::builder().workers(1).limits(Limits { max_len: 16, max_depth: 3 }).build()?;
+    /// assert!(bus.publish("a.b.c", 1).is_ok());
+    /// assert!(matches!(bus.publish("a.b.c.d", 1), Err(PublishError::Topic(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -273,6 +383,19 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
 
     /// How long dropping the last handle waits for the shutdown (default
     /// five seconds).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).drop_timeout(Duration::from_secs(1)).build()?;
+    /// let s = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// bus.publish("t", 1)?;
+    /// drop(bus); // the last handle: drains within a second, then joins the workers
+    /// assert_eq!(s.stats().handled, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn drop_timeout(mut self, timeout: Duration) -> Self {
         self.drop_timeout = timeout;
         self
@@ -306,6 +429,16 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     /// ([`PayloadSize`]); [`DEFAULT_MAX_PAYLOAD`](crate::DEFAULT_MAX_PAYLOAD)
     /// (1 MiB) is the conventional value. Without it the bus does not measure
     /// payloads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, PublishError};
+    /// let bus = Bus::<String>::builder().workers(1).max_payload(8).build()?;
+    /// assert!(bus.publish("t", "12345678".to_string()).is_ok());
+    /// assert!(matches!(bus.publish("t", "123456789".to_string()), Err(PublishError::PayloadTooLarge(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_payload(mut self, max: usize) -> Self
     where
         T: PayloadSize,
@@ -347,6 +480,21 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     /// The clock for expiry, delays, retries, breakers, deduplication and
     /// dead-letter times (default: the system clocks). Tests give a
     /// [`ManualClock`](crate::ManualClock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Clock, ManualClock, Message};
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<u32>::builder().workers(1).clock(clock.clone()).build()?;
+    /// let rx = bus.receiver("quotes")?;
+    /// bus.publish_message(Message::builder("quotes".parse()?, 1).timestamp(clock.wall()).ttl(Duration::from_secs(1)))?;
+    /// clock.advance(Duration::from_secs(2)); // no real waiting
+    /// assert!(rx.try_recv().is_err());
+    /// assert_eq!(rx.stats().expired, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -355,6 +503,21 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     /// Keeps a dead-letter queue of at most `capacity` letters (the oldest
     /// are evicted, counted); see [`Bus::dead_letters`]. Without it, failed
     /// messages are only counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(2).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// for i in 0..3 {
+    ///     bus.publish_confirmed("t", i, Duration::from_secs(10))?;
+    /// }
+    /// let dlq = bus.dead_letters().expect("configured");
+    /// assert_eq!((dlq.len(), dlq.stats().evicted), (2, 1)); // the oldest went
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dead_letters(mut self, capacity: usize) -> Self {
         self.dead_letters = Some(capacity);
         self
@@ -362,6 +525,26 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
 
     /// Also hands every dead letter to `sink` (needs
     /// [`dead_letters`](Self::dead_letters)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use topicbus::{BoxError, Bus, DeadLetter, DeadLetterSink};
+    /// #[derive(Default)]
+    /// struct Count(Mutex<u32>);
+    /// impl DeadLetterSink<u32> for Count {
+    ///     fn store(&self, _letter: &DeadLetter<u32>) -> Result<(), BoxError> {
+    ///         *self.0.lock().unwrap() += 1;
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let sink = Arc::new(Count::default());
+    /// assert!(Bus::<u32>::builder().dead_letter_sink(sink.clone()).build().is_err()); // needs a queue
+    /// let bus = Bus::<u32>::builder().dead_letters(100).dead_letter_sink(sink).build()?;
+    /// # drop(bus);
+    /// # Ok::<(), topicbus::BuildError>(())
+    /// ```
     pub fn dead_letter_sink(mut self, sink: Arc<dyn DeadLetterSink<T>>) -> Self {
         self.dead_letter_sink = Some(sink);
         self
@@ -397,6 +580,26 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
 
     /// Calls `hook(message, subscription)` on the worker just before a
     /// handler runs (every attempt).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = std::sync::Mutex::new(tx);
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .on_deliver(move |m, sub| {
+    ///         let _ = tx.lock().unwrap().send((*m.payload(), sub));
+    ///     })
+    ///     .build()?;
+    /// let s = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// bus.publish("t", 7)?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10))?, (7, s.id()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_deliver(
         mut self,
         hook: impl Fn(&Message<T>, SubscriptionId) + Send + Sync + 'static,
@@ -407,6 +610,26 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
 
     /// Calls `hook(message, subscription, failure)` when a handler fails or
     /// panics (every attempt).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = std::sync::Mutex::new(tx);
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .on_error(move |_m, _sub, failure| {
+    ///         let _ = tx.lock().unwrap().send(failure.message.clone());
+    ///     })
+    ///     .build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err("disk full"))?;
+    /// bus.publish("t", 1)?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10))?, "disk full");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_error(
         mut self,
         hook: impl Fn(&Message<T>, SubscriptionId, &Failure) + Send + Sync + 'static,
@@ -456,6 +679,29 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
 
     /// Calls `hook(message, subscription, next_attempt, delay)` when a
     /// retry is scheduled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, RetryPolicy, SubscribeOptions};
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = std::sync::Mutex::new(tx);
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .on_retry(move |_m, _sub, next_attempt, delay| {
+    ///         let _ = tx.lock().unwrap().send((next_attempt, delay));
+    ///     })
+    ///     .build()?;
+    /// let retry = RetryPolicy::new(2).backoff(Duration::from_millis(1), Duration::from_millis(1)).jitter(false);
+    /// let _s = bus.subscribe_with(SubscribeOptions::new().pattern("t").retry(retry), |m: &Message<u32>| {
+    ///     if m.attempt() == 1 { Err("flaky") } else { Ok(()) }
+    /// })?;
+    /// bus.publish("t", 1)?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10))?, (2, Duration::from_millis(1)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_retry(
         mut self,
         hook: impl Fn(&Message<T>, SubscriptionId, u32, Duration) + Send + Sync + 'static,
@@ -465,6 +711,27 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     }
 
     /// Calls `hook(letter)` for every dead letter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, DeadLetterReason, Message, Permanent};
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = std::sync::Mutex::new(tx);
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .dead_letters(10)
+    ///     .on_dead_letter(move |letter| {
+    ///         let _ = tx.lock().unwrap().send((*letter.message.payload(), letter.reason));
+    ///     })
+    ///     .build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("bad input")))?;
+    /// bus.publish("t", 3)?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10))?, (3, DeadLetterReason::Permanent));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_dead_letter(mut self, hook: impl Fn(&DeadLetter<T>) + Send + Sync + 'static) -> Self {
         self.hooks.on_dead_letter = Some(Box::new(hook));
         self
@@ -472,6 +739,30 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
 
     /// Calls `hook(message, subscription)` when a message expires before
     /// its handler saw it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Clock, ManualClock, Message, SubscribeOptions};
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = std::sync::Mutex::new(tx);
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .clock(clock.clone())
+    ///     .on_expire(move |m, _sub| {
+    ///         let _ = tx.lock().unwrap().send(*m.payload());
+    ///     })
+    ///     .build()?;
+    /// let s = bus.subscribe_with(SubscribeOptions::new().pattern("t").paused(true), |_m: &Message<u32>| ())?;
+    /// bus.publish_message(Message::builder("t".parse()?, 9).timestamp(clock.wall()).ttl(Duration::from_secs(1)))?;
+    /// clock.advance(Duration::from_secs(2));
+    /// s.resume(); // the worker finds it expired
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10))?, 9);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_expire(
         mut self,
         hook: impl Fn(&Message<T>, SubscriptionId) + Send + Sync + 'static,
@@ -484,6 +775,30 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     /// state. It runs on the worker that caused the change, just after the
     /// new state became visible in
     /// [`SubStats::circuit`](crate::SubStats::circuit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use topicbus::{BreakerWindow, Bus, CircuitBreaker, CircuitState, Message, SubscribeOptions};
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = std::sync::Mutex::new(tx);
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .on_circuit_change(move |_sub, from, to| {
+    ///         let _ = tx.lock().unwrap().send((from, to));
+    ///     })
+    ///     .build()?;
+    /// let breaker = CircuitBreaker::new().window(BreakerWindow::Calls(1)).min_calls(1);
+    /// let _s = bus.subscribe_with(
+    ///     SubscribeOptions::new().pattern("t").circuit_breaker(breaker),
+    ///     |_m: &Message<u32>| Err("down"),
+    /// )?;
+    /// bus.publish("t", 1)?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10))?, (CircuitState::Closed, CircuitState::Open));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_circuit_change(
         mut self,
         hook: impl Fn(SubscriptionId, CircuitState, CircuitState) + Send + Sync + 'static,
@@ -493,6 +808,24 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     }
 
     /// Calls `hook(report)` when the shutdown finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use topicbus::Bus;
+    /// let clean = Arc::new(AtomicBool::new(false));
+    /// let c = clean.clone();
+    /// let bus = Bus::<u32>::builder()
+    ///     .workers(1)
+    ///     .on_shutdown(move |report| c.store(report.is_clean(), Ordering::SeqCst))
+    ///     .build()?;
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert!(clean.load(Ordering::SeqCst));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_shutdown(mut self, hook: impl Fn(&ShutdownReport) + Send + Sync + 'static) -> Self {
         self.hooks.on_shutdown = Some(Box::new(hook));
         self
@@ -504,6 +837,16 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     ///
     /// [`BuildError::Config`] for a zero capacity, batch or worker count;
     /// [`BuildError::Spawn`] when a worker thread cannot start.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, BuildError};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// assert!(bus.is_open());
+    /// assert!(matches!(Bus::<u32>::builder().capacity(0).build(), Err(BuildError::Config(_))));
+    /// # Ok::<(), BuildError>(())
+    /// ```
     pub fn build(self) -> Result<Bus<T>, BuildError> {
         let capacity = NonZeroUsize::new(self.capacity)
             .ok_or(BuildError::Config("capacity must be at least 1"))?;
@@ -605,6 +948,19 @@ pub struct ShutdownReport {
 
 impl ShutdownReport {
     /// Drained in time, nothing dropped, every worker joined.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// bus.publish("t", 1)?;
+    /// let report = bus.shutdown(Duration::from_secs(10))?;
+    /// assert!(report.is_clean() && report.workers_joined);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_clean(&self) -> bool {
         !self.timed_out && self.dropped == 0 && self.workers_joined
     }
@@ -813,6 +1169,18 @@ impl<T: Send + Sync + 'static> std::fmt::Debug for WeakBus<T> {
 
 impl<T: Send + Sync + 'static> WeakBus<T> {
     /// A `Bus` handle, unless every strong handle is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let weak = bus.downgrade();
+    /// assert!(weak.upgrade().is_some());
+    /// drop(bus);
+    /// assert!(weak.upgrade().is_none());
+    /// # Ok::<(), topicbus::BuildError>(())
+    /// ```
     pub fn upgrade(&self) -> Option<Bus<T>> {
         self.handle.upgrade().map(|handle| Bus { handle })
     }
@@ -891,11 +1259,36 @@ pub struct BatchError {
 impl<T: Send + Sync + 'static> Bus<T> {
     /// A builder with the defaults: one worker per core, lanes of 1,024,
     /// block-then-drop overflow (one second), default limits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?; // one worker per core, lanes of 1,024
+    /// assert!(bus.is_open());
+    /// # Ok::<(), topicbus::BuildError>(())
+    /// ```
     pub fn builder() -> BusBuilder<T> {
         BusBuilder::new()
     }
 
     /// A handle that does not keep the bus alive.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let weak = bus.downgrade(); // a handler holding `bus` itself would keep it alive
+    /// let _relay = bus.subscribe("in", move |m: &Message<u32>| match weak.upgrade() {
+    ///     Some(bus) => bus.publish("out", m.payload() + 1).map(drop),
+    ///     None => Ok(()),
+    /// })?;
+    /// let out = bus.receiver("out")?;
+    /// bus.publish("in", 1)?;
+    /// assert_eq!(*out.recv()?.payload(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn downgrade(&self) -> WeakBus<T> {
         WeakBus {
             handle: Arc::downgrade(&self.handle),
@@ -919,6 +1312,21 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// [`PublishError::Closed`] once shutdown began (nothing published in
     /// these cases), [`PublishError::Rejected`] when a subscription with
     /// policy `Reject` was full (the others got the message).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<&str>::builder().workers(1).build()?;
+    /// let eu = bus.receiver("orders.eu.*")?;
+    /// let all = bus.receiver("orders.#")?;
+    /// let receipt = bus.publish("orders.eu.created", "#1001")?;
+    /// assert_eq!((receipt.matched, receipt.enqueued), (2, 2));
+    /// assert_eq!(*eu.recv()?.payload(), "#1001");
+    /// assert_eq!(*all.recv()?.payload(), "#1001");
+    /// assert_eq!(bus.publish("orders.us.created", "#1002")?.matched, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn publish(&self, topic: impl IntoTopic, payload: T) -> Result<Receipt, PublishError> {
         let inner = self.inner();
@@ -975,6 +1383,18 @@ impl<T: Send + Sync + 'static> Bus<T> {
     ///
     /// [`BatchError`] with what was published before the failing item and
     /// why it failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("prices.*")?;
+    /// let r = bus.publish_batch([("prices.eur", 1), ("prices.usd", 2), ("volumes.eur", 3)])?;
+    /// assert_eq!((r.published, r.matched), (3, 2));
+    /// assert_eq!(rx.try_iter().count(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn publish_batch<K: IntoTopic>(
         &self,
         items: impl IntoIterator<Item = (K, T)>,
@@ -1006,6 +1426,22 @@ impl<T: Send + Sync + 'static> Bus<T> {
     ///
     /// As [`publish`](Self::publish), except that a rejection is reported in
     /// the confirmation as [`DropReason::Rejected`], not as an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Outcome};
+    /// let bus = Bus::<String>::builder().workers(2).build()?;
+    /// let _mailer = bus.subscribe("user.created", |_m: &Message<String>| Ok::<(), &str>(()))?;
+    /// let _crm = bus.subscribe("user.*", |_m: &Message<String>| Err("crm offline"))?;
+    /// let c = bus.publish_confirmed("user.created", "ada".into(), Duration::from_secs(10))?;
+    /// assert!(c.complete && !c.all_succeeded());
+    /// let mut outcomes: Vec<Outcome> = c.deliveries.iter().map(|d| d.outcome).collect();
+    /// outcomes.sort_by_key(|o| o.is_success());
+    /// assert_eq!(outcomes, [Outcome::Failed, Outcome::Handled]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn publish_confirmed(
         &self,
         topic: impl IntoTopic,
@@ -1101,6 +1537,22 @@ impl<T: Send + Sync + 'static> Bus<T> {
     ///
     /// [`SubscribeError::Pattern`] for an invalid pattern,
     /// [`SubscribeError::Closed`] once shutdown began.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(2).build()?;
+    /// let totals = bus.subscribe("sales.#", |m: &Message<u32>| {
+    ///     println!("{} sold {}", m.topic(), m.payload());
+    /// })?;
+    /// bus.publish("sales.eu.books", 3)?;
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(totals.stats().handled, 1);
+    /// assert!(bus.subscribe("sales.b*", |_m: &Message<u32>| ()).is_err()); // invalid pattern
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscribe<F, R>(
         &self,
         pattern: impl Into<PatternArg>,
@@ -1123,6 +1575,24 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// capacity, batch or concurrency or concurrency on an inline handler,
     /// and [`SubscribeError::GroupStrategy`] when the queue group exists with
     /// another strategy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(4).build()?;
+    /// let parallel = bus.subscribe_with(
+    ///     SubscribeOptions::new().pattern("thumbnails.#").concurrency(4),
+    ///     |_m: &Message<u32>| (),
+    /// )?;
+    /// for i in 0..100 {
+    ///     bus.publish("thumbnails.new", i)?;
+    /// }
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(parallel.stats().handled, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscribe_with<F, R>(
         &self,
         options: SubscribeOptions,
@@ -1162,6 +1632,19 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// # Errors
     ///
     /// As [`subscribe`](Self::subscribe).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("logs.*.error")?;
+    /// bus.publish("logs.api.error", "timeout".into())?;
+    /// let m = rx.recv_timeout(Duration::from_secs(10))?;
+    /// assert_eq!((m.topic().as_str(), m.payload().as_str()), ("logs.api.error", "timeout"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn receiver(&self, pattern: impl Into<PatternArg>) -> Result<Receiver<T>, SubscribeError> {
         self.receiver_with(SubscribeOptions::new().pattern(pattern))
     }
@@ -1172,6 +1655,19 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// # Errors
     ///
     /// As [`subscribe_with`](Self::subscribe_with).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Priority, Message, SubscribeOptions};
+    /// let bus = Bus::<&str>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("tasks").pattern("alerts").capacity(16))?;
+    /// bus.publish("tasks", "later")?;
+    /// bus.publish_message(Message::builder("alerts".parse()?, "now").priority(Priority::High))?;
+    /// assert_eq!(*rx.try_recv()?.payload(), "now"); // the high lane first
+    /// assert_eq!(*rx.try_recv()?.payload(), "later");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn receiver_with(&self, options: SubscribeOptions) -> Result<Receiver<T>, SubscribeError> {
         if options.inline || options.concurrency.is_some() {
             return Err(SubscribeError::Options(
@@ -1187,6 +1683,16 @@ impl<T: Send + Sync + 'static> Bus<T> {
 
     /// The bus's dead letters, when it keeps them (see
     /// [`BusBuilder::dead_letters`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// assert!(Bus::<u32>::builder().build()?.dead_letters().is_none());
+    /// let bus = Bus::<u32>::builder().dead_letters(1_000).build()?;
+    /// assert_eq!(bus.dead_letters().map(|d| d.capacity()), Some(1_000));
+    /// # Ok::<(), topicbus::BuildError>(())
+    /// ```
     pub fn dead_letters(&self) -> Option<DeadLetters<T>> {
         let inner = self.inner();
         inner
@@ -1243,6 +1749,25 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// # Errors
     ///
     /// As [`request`](Self::request).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Priority};
+    /// let bus = Bus::<String>::builder().workers(2).build()?;
+    /// let weak = bus.downgrade();
+    /// let _svc = bus.subscribe("svc.lookup", move |m: &Message<String>| {
+    ///     let tenant = m.headers().get("tenant").unwrap_or("?").to_string();
+    ///     m.reply(&weak, tenant).map(drop)
+    /// })?;
+    /// let ask = Message::builder("svc.lookup".parse()?, String::new())
+    ///     .header("tenant", "acme")
+    ///     .priority(Priority::High);
+    /// let reply = bus.request_message(ask, Duration::from_secs(10))?;
+    /// assert_eq!(reply.payload(), "acme");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn request_message(
         &self,
         message: MessageBuilder<T>,
@@ -1285,6 +1810,22 @@ impl<T: Send + Sync + 'static> Bus<T> {
     ///
     /// [`PublishError::NoReplyTo`] when `request` names no `reply_to`; else
     /// as [`publish`](Self::publish).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, PublishError};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let inbox = bus.receiver("replies.me")?;
+    /// let ask = Message::builder("ask".parse()?, 20).reply_to("replies.me".parse()?).build();
+    /// bus.reply(&ask, 21)?;
+    /// let answer = inbox.recv_timeout(Duration::from_secs(10))?;
+    /// assert_eq!((*answer.payload(), answer.correlation_id()), (21, Some(ask.id())));
+    /// let no_return = Message::builder("ask".parse()?, 1).build();
+    /// assert!(matches!(bus.reply(&no_return, 2), Err(PublishError::NoReplyTo)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reply(&self, request: &Message<T>, payload: T) -> Result<Receipt, PublishError> {
         let to = request.reply_to().ok_or(PublishError::NoReplyTo)?.clone();
         let reply = Message::builder(to, payload).caused_by(request);
@@ -1347,6 +1888,21 @@ impl<T: Send + Sync + 'static> Bus<T> {
     }
 
     /// Counters of every subscription and in total.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let _ok = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// let _bad = bus.subscribe("t", |_m: &Message<u32>| Err("no"))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// let s = bus.stats();
+    /// assert_eq!((s.published, s.total.handled, s.total.failed), (1, 1, 1));
+    /// assert_eq!(s.subscriptions.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> BusStats {
         let inner = self.inner();
         // Under the books' lock, which unsubscribe holds while it moves a
@@ -1378,6 +1934,23 @@ impl<T: Send + Sync + 'static> Bus<T> {
     /// # Errors
     ///
     /// [`ShutdownError::InHandler`] when called from a handler of this bus.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, PublishError};
+    /// let bus = Bus::<u32>::builder().workers(2).build()?;
+    /// let s = bus.subscribe("jobs", |_m: &Message<u32>| ())?;
+    /// for i in 0..1_000 {
+    ///     bus.publish("jobs", i)?;
+    /// }
+    /// let report = bus.shutdown(Duration::from_secs(10))?;
+    /// assert!(report.is_clean());
+    /// assert_eq!(s.stats().handled, 1_000); // drained: nothing lost
+    /// assert!(matches!(bus.publish("jobs", 0), Err(PublishError::Closed)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ShutdownError> {
         self.inner().shutdown(timeout)
     }
@@ -1489,6 +2062,18 @@ impl<T: Send + Sync + 'static> Bus<T> {
     }
 
     /// True until shutdown begins.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// assert!(bus.is_open());
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert!(!bus.is_open());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_open(&self) -> bool {
         self.inner().state.load(Ordering::Acquire) == OPEN
     }

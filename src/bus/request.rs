@@ -54,6 +54,22 @@ pub enum RequestError {
 }
 
 /// Sends replies: a [`Bus`] or a [`WeakBus`] (what handlers hold).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Bus, Message, Replier};
+/// // A responder that works with a strong or a weak handle alike.
+/// fn answer(bus: &impl Replier<u32>, m: &Message<u32>) {
+///     let _ = m.reply(bus, m.payload() + 1);
+/// }
+/// let bus = Bus::<u32>::builder().workers(1).build()?;
+/// let weak = bus.downgrade();
+/// let _s = bus.subscribe("inc", move |m: &Message<u32>| answer(&weak, m))?;
+/// assert_eq!(*bus.request("inc", 41, Duration::from_secs(10))?.payload(), 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Replier<T: Send + Sync + 'static> {
     /// Publishes `payload` as the reply to `request`.
     ///
@@ -62,6 +78,19 @@ pub trait Replier<T: Send + Sync + 'static> {
     /// [`PublishError::NoReplyTo`] when `request` names no `reply_to`;
     /// [`PublishError::Closed`] when the bus is gone; else as
     /// [`Bus::publish`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Replier};
+    /// let bus = Bus::<&str>::builder().workers(1).build()?;
+    /// let inbox = bus.receiver("inbox")?;
+    /// let ask = Message::builder("ping".parse()?, "ping").reply_to("inbox".parse()?).build();
+    /// bus.downgrade().send_reply(&ask, "pong")?;
+    /// assert_eq!(*inbox.recv_timeout(Duration::from_secs(10))?.payload(), "pong");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn send_reply(&self, request: &Message<T>, payload: T) -> Result<Receipt, PublishError>;
 }
 

@@ -129,16 +129,41 @@ impl Outcome {
     }
 
     /// Handled or received.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{DropReason, Outcome};
+    /// assert!(Outcome::Handled.is_success() && Outcome::Received.is_success());
+    /// assert!(!Outcome::Failed.is_success());
+    /// assert!(!Outcome::Dropped(DropReason::Newest).is_success());
+    /// ```
     pub const fn is_success(self) -> bool {
         matches!(self, Outcome::Handled | Outcome::Received)
     }
 
     /// Dropped for any reason.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{DeadLetterReason, DropReason, Outcome};
+    /// assert!(Outcome::Dropped(DropReason::Shutdown).is_dropped());
+    /// assert!(!Outcome::DeadLettered(DeadLetterReason::Expired).is_dropped());
+    /// ```
     pub const fn is_dropped(self) -> bool {
         matches!(self, Outcome::Dropped(_))
     }
 
     /// Dead-lettered for any reason.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{DeadLetterReason, Outcome};
+    /// assert!(Outcome::DeadLettered(DeadLetterReason::Permanent).is_dead_lettered());
+    /// assert!(!Outcome::Expired.is_dead_lettered());
+    /// ```
     pub const fn is_dead_lettered(self) -> bool {
         matches!(self, Outcome::DeadLettered(_))
     }
@@ -236,6 +261,20 @@ pub struct Drops {
 
 impl Drops {
     /// All drops.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, OverflowPolicy, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("t").capacity(1).overflow(OverflowPolicy::DropNewest))?;
+    /// for i in 0..4 {
+    ///     bus.publish("t", i)?;
+    /// }
+    /// let drops = rx.stats().counts.dropped;
+    /// assert_eq!((drops.newest, drops.total()), (3, 3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn total(&self) -> u64 {
         self.newest
             + self.oldest
@@ -299,11 +338,36 @@ pub struct DeadLettered {
 
 impl DeadLettered {
     /// All dead letters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |m: &Message<u32>| match m.payload() {
+    ///     0 => Err(Permanent::new("bad")),
+    ///     _ => panic!("bug"),
+    /// })?;
+    /// bus.publish_confirmed("t", 0, Duration::from_secs(10))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// let d = bus.stats().total.dead_lettered;
+    /// assert_eq!((d.permanent, d.panicked, d.total()), (1, 1, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn total(&self) -> u64 {
         DeadLetterReason::ALL.iter().map(|r| self.get(*r)).sum()
     }
 
     /// The counter for `reason`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{DeadLetterReason, DeadLettered};
+    /// let d = DeadLettered::default();
+    /// assert!(DeadLetterReason::ALL.iter().all(|r| d.get(*r) == 0));
+    /// ```
     pub fn get(&self, reason: DeadLetterReason) -> u64 {
         match reason {
             DeadLetterReason::RetriesExhausted => self.retries_exhausted,
@@ -403,6 +467,22 @@ impl Counts {
     }
 
     /// Messages with a terminal outcome.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let s = bus.subscribe("t", |m: &Message<u32>| if *m.payload() % 2 == 0 { Ok(()) } else { Err("odd") })?;
+    /// for i in 0..10 {
+    ///     bus.publish("t", i)?;
+    /// }
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// let c = s.stats().counts;
+    /// assert_eq!((c.handled, c.failed, c.settled()), (5, 5, 10)); // every message accounted for
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn settled(&self) -> u64 {
         self.handled
             + self.received
