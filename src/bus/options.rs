@@ -38,6 +38,16 @@ pub trait IntoTopic: sealed::Sealed {
     /// # Errors
     ///
     /// The parse error, or the limit the topic breaks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{IntoTopic, Limits};
+    /// let tight = Limits { max_len: 8, max_depth: 2 };
+    /// assert_eq!("a.b".into_topic(&tight)?.as_str(), "a.b");
+    /// assert!("a.b.c".into_topic(&tight).is_err()); // three levels
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     fn into_topic(self, limits: &Limits) -> Result<Topic, TopicError>;
 }
 
@@ -159,6 +169,18 @@ pub struct SubscribeOptions {
 
 impl SubscribeOptions {
     /// No patterns yet, every other option at the bus's default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("a"))?;
+    /// assert_eq!(rx.patterns().len(), 1);
+    /// // Without a pattern there is nothing to subscribe to.
+    /// assert!(bus.receiver_with(SubscribeOptions::new()).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -173,6 +195,19 @@ impl SubscribeOptions {
 
     /// Adds a pattern (a subscription can have several; a message matching
     /// more than one is delivered once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Pattern, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(
+    ///     SubscribeOptions::new().pattern("orders.#").pattern(Pattern::parse("orders.*.created")?),
+    /// )?;
+    /// assert_eq!(bus.publish("orders.eu.created", 1)?.matched, 1); // both match: delivered once
+    /// assert_eq!(rx.try_iter().count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pattern(mut self, pattern: impl Into<PatternArg>) -> Self {
         self.patterns.push(pattern.into().0);
         self
@@ -180,12 +215,40 @@ impl SubscribeOptions {
 
     /// Messages each lane (high, normal, low) holds before the overflow
     /// policy applies.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, OverflowPolicy, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(
+    ///     SubscribeOptions::new().pattern("t").capacity(3).overflow(OverflowPolicy::DropNewest),
+    /// )?;
+    /// for i in 0..5 {
+    ///     bus.publish("t", i)?;
+    /// }
+    /// assert_eq!(rx.stats().queued[1], 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = Some(capacity);
         self
     }
 
     /// What a publish does when a lane is full.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, OverflowPolicy, PublishError, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let _strict = bus.receiver_with(
+    ///     SubscribeOptions::new().pattern("t").capacity(1).overflow(OverflowPolicy::Reject),
+    /// )?;
+    /// bus.publish("t", 1)?;
+    /// assert!(matches!(bus.publish("t", 2), Err(PublishError::Rejected { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
         self.overflow = Some(policy);
         self
@@ -194,6 +257,24 @@ impl SubscribeOptions {
     /// Handler calls that may run at once (default 1). Above 1 the
     /// subscription trades its ordering guarantee for parallelism; this is
     /// also its maximum number of messages in flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Barrier};
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(2).build()?;
+    /// let both = Arc::new(Barrier::new(2)); // passes only when two calls run at once
+    /// let b = both.clone();
+    /// let _s = bus.subscribe_with(SubscribeOptions::new().pattern("t").concurrency(2), move |_m: &Message<u32>| {
+    ///     b.wait();
+    /// })?;
+    /// bus.publish("t", 1)?;
+    /// bus.publish("t", 2)?;
+    /// assert!(bus.shutdown(Duration::from_secs(10))?.is_clean()); // would time out one at a time
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = Some(concurrency);
         self
@@ -201,6 +282,23 @@ impl SubscribeOptions {
 
     /// Joins the queue group `name`: the group's members split the messages,
     /// each message to exactly one member whose patterns match.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, GroupStrategy, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(2).build()?;
+    /// let member = || SubscribeOptions::new().pattern("jobs").queue_group("workers", GroupStrategy::RoundRobin);
+    /// let a = bus.subscribe_with(member(), |_m: &Message<u32>| ())?;
+    /// let b = bus.subscribe_with(member(), |_m: &Message<u32>| ())?;
+    /// for i in 0..10 {
+    ///     assert_eq!(bus.publish("jobs", i)?.matched, 1); // one member each
+    /// }
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!((a.stats().handled, b.stats().handled), (5, 5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn queue_group(mut self, name: impl Into<String>, strategy: GroupStrategy) -> Self {
         self.group = Some((name.into(), strategy));
         self
@@ -209,6 +307,23 @@ impl SubscribeOptions {
     /// Runs the handler on the publisher's thread, inside `publish`: the
     /// lowest latency, no mailbox. The handler must be quick; a slow one slows
     /// every publisher. Overflow options do not apply.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let sum = Arc::new(AtomicU32::new(0));
+    /// let s = sum.clone();
+    /// let _inline = bus.subscribe_with(SubscribeOptions::new().pattern("t").inline(true), move |m: &Message<u32>| {
+    ///     s.fetch_add(*m.payload(), Ordering::Relaxed);
+    /// })?;
+    /// bus.publish("t", 5)?;
+    /// assert_eq!(sum.load(Ordering::Relaxed), 5); // ran inside publish
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inline(mut self, inline: bool) -> Self {
         self.inline = inline;
         self
@@ -216,6 +331,19 @@ impl SubscribeOptions {
 
     /// Starts paused: messages queue (by the overflow policy) until
     /// [`Subscription::resume`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("t").paused(true))?;
+    /// bus.publish("t", 1)?;
+    /// assert!(rx.try_recv().is_err()); // queued, not handed out
+    /// rx.resume();
+    /// assert_eq!(*rx.try_recv()?.payload(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn paused(mut self, paused: bool) -> Self {
         self.paused = paused;
         self
@@ -247,6 +375,24 @@ impl SubscribeOptions {
 
     /// Guards the handler with a circuit breaker (handler subscriptions
     /// only; not inline).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{BreakerWindow, Bus, CircuitBreaker, CircuitState, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let breaker = CircuitBreaker::new().window(BreakerWindow::Calls(4)).min_calls(4).failure_rate(0.5);
+    /// let s = bus.subscribe_with(
+    ///     SubscribeOptions::new().pattern("t").circuit_breaker(breaker),
+    ///     |_m: &Message<u32>| Err("upstream down"),
+    /// )?;
+    /// for i in 0..4 {
+    ///     bus.publish_confirmed("t", i, Duration::from_secs(10))?;
+    /// }
+    /// assert_eq!(s.stats().circuit, Some(CircuitState::Open));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
         self
@@ -254,6 +400,21 @@ impl SubscribeOptions {
 
     /// Suppresses messages seen within the window (by message id, or by the
     /// key from [`dedup_by`](Self::dedup_by)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Dedup, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("t").dedup(Dedup::new(Duration::from_secs(60), 1_000)))?;
+    /// let m = Message::builder("t".parse()?, 1).build();
+    /// bus.publish_message(Message::builder(m.topic().clone(), 1).restore(m.id(), m.timestamp(), 1))?;
+    /// let again = bus.publish_message(Message::builder(m.topic().clone(), 1).restore(m.id(), m.timestamp(), 1))?;
+    /// assert_eq!(again.duplicates, 1); // same id: suppressed
+    /// assert_eq!(rx.try_iter().count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dedup(mut self, window: Dedup) -> Self {
         self.dedup = Some(window);
         self
@@ -314,12 +475,36 @@ impl SubscribeOptions {
 
     /// With [`entity`](Self::entity): only messages addressed to it, no
     /// broadcasts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<&str>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("cmd").entity("node-1").directed_only(true))?;
+    /// bus.publish("cmd", "everyone")?;
+    /// bus.publish_message(Message::builder("cmd".parse()?, "just you").to("node-1"))?;
+    /// assert_eq!(rx.try_iter().map(|m| *m.payload()).collect::<Vec<_>>(), ["just you"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn directed_only(mut self, on: bool) -> Self {
         self.filter.directed_only = on;
         self
     }
 
     /// Only broadcasts (messages without `to`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<&str>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("cmd").broadcast_only(true))?;
+    /// bus.publish("cmd", "everyone")?;
+    /// bus.publish_message(Message::builder("cmd".parse()?, "someone").to("node-1"))?;
+    /// assert_eq!(rx.try_iter().map(|m| *m.payload()).collect::<Vec<_>>(), ["everyone"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn broadcast_only(mut self, on: bool) -> Self {
         self.filter.broadcast_only = on;
         self
@@ -327,18 +512,55 @@ impl SubscribeOptions {
 
     /// Only messages from `sender` (may be given several times: any of
     /// them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<&str>::builder().workers(1).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("chat").from_sender("alice").from_sender("bob"))?;
+    /// for who in ["alice", "carol", "bob"] {
+    ///     bus.publish_message(Message::builder("chat".parse()?, who).from(who))?;
+    /// }
+    /// assert_eq!(rx.try_iter().map(|m| *m.payload()).collect::<Vec<_>>(), ["alice", "bob"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_sender(mut self, sender: impl Into<std::sync::Arc<str>>) -> Self {
         self.filter.senders.push(sender.into());
         self
     }
 
     /// Only messages carrying header `name`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let traced = bus.receiver_with(SubscribeOptions::new().pattern("t").header_present("trace-id"))?;
+    /// bus.publish("t", 1)?;
+    /// bus.publish_message(Message::builder("t".parse()?, 2).header("trace-id", "abc"))?;
+    /// assert_eq!(traced.try_iter().map(|m| *m.payload()).collect::<Vec<_>>(), [2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn header_present(mut self, name: impl Into<String>) -> Self {
         self.filter.headers.push(HeaderRule::Present(name.into()));
         self
     }
 
     /// Only messages whose header `name` equals `value`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let eu = bus.receiver_with(SubscribeOptions::new().pattern("orders").header_eq("region", "eu"))?;
+    /// bus.publish_message(Message::builder("orders".parse()?, 1).header("region", "eu"))?;
+    /// bus.publish_message(Message::builder("orders".parse()?, 2).header("region", "us"))?;
+    /// assert_eq!(eu.try_iter().map(|m| *m.payload()).collect::<Vec<_>>(), [1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn header_eq(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.filter
             .headers
@@ -376,6 +598,22 @@ impl SubscribeOptions {
     /// breaker's `DeadLetter` policy go to the bus's dead letters (default:
     /// yes, when the bus keeps them; else they are counted as failed,
     /// panicked or dropped).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Permanent, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let s = bus.subscribe_with(
+    ///     SubscribeOptions::new().pattern("metrics").dead_letter(false), // failures are only counted
+    ///     |_m: &Message<u32>| Err(Permanent::new("no")),
+    /// )?;
+    /// bus.publish_confirmed("metrics", 1, Duration::from_secs(10))?;
+    /// assert_eq!(s.stats().failed, 1);
+    /// assert!(bus.dead_letters().expect("configured").is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dead_letter(mut self, on: bool) -> Self {
         self.dead_letter = Some(on);
         self
@@ -383,6 +621,22 @@ impl SubscribeOptions {
 
     /// Whether expired messages go to the dead letters (default: no, they
     /// are counted as expired).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Clock, DeadLetterReason, ManualClock, Message, SubscribeOptions};
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<u32>::builder().workers(1).clock(clock.clone()).dead_letters(10).build()?;
+    /// let rx = bus.receiver_with(SubscribeOptions::new().pattern("t").dead_letter_expired(true))?;
+    /// bus.publish_message(Message::builder("t".parse()?, 1).timestamp(clock.wall()).ttl(Duration::from_secs(1)))?;
+    /// clock.advance(Duration::from_secs(2));
+    /// assert!(rx.try_recv().is_err());
+    /// let letters = bus.dead_letters().expect("configured").all();
+    /// assert_eq!(letters[0].reason, DeadLetterReason::Expired);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dead_letter_expired(mut self, on: bool) -> Self {
         self.dead_letter_expired = on;
         self
@@ -390,6 +644,21 @@ impl SubscribeOptions {
 
     /// Whether messages the overflow policy drops go to the dead letters
     /// (default: no, they are counted as dropped).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, DeadLetterReason, OverflowPolicy, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _rx = bus.receiver_with(
+    ///     SubscribeOptions::new().pattern("t").capacity(1).overflow(OverflowPolicy::DropNewest).dead_letter_overflow(true),
+    /// )?;
+    /// bus.publish("t", 1)?;
+    /// bus.publish("t", 2)?; // the lane is full: dead-lettered instead of dropped
+    /// let letters = bus.dead_letters().expect("configured").all();
+    /// assert_eq!((*letters[0].message.payload(), letters[0].reason), (2, DeadLetterReason::Overflow));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dead_letter_overflow(mut self, on: bool) -> Self {
         self.dead_letter_overflow = on;
         self
@@ -424,6 +693,22 @@ impl SubscribeOptions {
 
     /// Messages a worker handles per turn before it moves on to another
     /// subscription (default: the bus's batch).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// // Yield the worker after every 8 messages, so a busy subscription cannot hog it.
+    /// let s = bus.subscribe_with(SubscribeOptions::new().pattern("bulk").batch(8), |_m: &Message<u32>| ())?;
+    /// for i in 0..100 {
+    ///     bus.publish("bulk", i)?;
+    /// }
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(s.stats().handled, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = Some(batch);
         self
@@ -602,11 +887,34 @@ impl Subscription {
     }
 
     /// The subscription's id (also in its stats).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let a = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// let b = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// assert_ne!(a.id(), b.id());
+    /// assert_eq!(a.stats().id, a.id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn id(&self) -> SubscriptionId {
         self.id
     }
 
     /// The subscription's patterns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let s = bus.subscribe_with(SubscribeOptions::new().pattern("a.*").pattern("b.#"), |_m: &Message<u32>| ())?;
+    /// let p: Vec<&str> = s.patterns().iter().map(|p| p.as_str()).collect();
+    /// assert_eq!(p, ["a.*", "b.#"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn patterns(&self) -> &[Pattern] {
         self.control.patterns()
     }
@@ -615,33 +923,112 @@ impl Subscription {
     /// [`resume`](Self::resume). A paused inline subscription drops what
     /// arrives (counted as [`Paused`](crate::DropReason::Paused)). A handler
     /// call already running finishes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let s = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// s.pause();
+    /// bus.publish("t", 1)?;
+    /// assert_eq!((s.stats().handled, s.stats().queued[1]), (0, 1)); // waiting
+    /// s.resume();
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(s.stats().handled, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pause(&self) {
         self.control.pause();
     }
 
     /// Delivers again, starting with what queued meanwhile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let s = bus.subscribe_with(SubscribeOptions::new().pattern("t").paused(true), |_m: &Message<u32>| ())?;
+    /// bus.publish("t", 1)?;
+    /// s.resume();
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(s.stats().handled, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn resume(&self) {
         self.control.resume();
     }
 
     /// True while paused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let s = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// assert!(!s.is_paused());
+    /// s.pause();
+    /// assert!(s.is_paused());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_paused(&self) -> bool {
         self.control.is_paused()
     }
 
     /// The subscription's counters and queue depths. Still readable after
     /// the subscription ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let s = bus.subscribe("t", |m: &Message<u32>| if *m.payload() == 0 { Err("zero") } else { Ok(()) })?;
+    /// for i in 0..3 {
+    ///     bus.publish_confirmed("t", i, Duration::from_secs(10))?;
+    /// }
+    /// let st = s.stats();
+    /// assert_eq!((st.counts.handled, st.counts.failed, st.queued), (2, 1, [0, 0, 0]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> SubStats {
         self.control.stats()
     }
 
     /// Unsubscribes now; see the type's docs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let s = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// assert_eq!(bus.publish("t", 1)?.matched, 1);
+    /// s.unsubscribe(); // publishes that start from now on miss it
+    /// assert_eq!(bus.publish("t", 2)?.matched, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unsubscribe(mut self) {
         self.attached = false;
         self.control.unsubscribe();
     }
 
     /// Keeps the subscription for the life of the bus, without a handle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// bus.subscribe("audit.#", |m: &Message<u32>| println!("audit {}", m.topic()))?.detach();
+    /// assert_eq!(bus.publish("audit.login", 1)?.matched, 1); // still subscribed
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn detach(mut self) {
         self.attached = false;
     }

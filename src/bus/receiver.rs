@@ -71,11 +71,31 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     }
 
     /// The subscription's id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// assert_eq!(rx.stats().id, rx.id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn id(&self) -> SubscriptionId {
         self.sub().id
     }
 
     /// The subscription's patterns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("sensors.*.temp")?;
+    /// assert_eq!(rx.patterns()[0].as_str(), "sensors.*.temp");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn patterns(&self) -> &[Pattern] {
         &self.sub().patterns
     }
@@ -86,6 +106,21 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     ///
     /// [`TryRecvError::Empty`] when nothing is queued;
     /// [`TryRecvError::Closed`] when nothing is queued and the bus shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, TryRecvError};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+    /// bus.publish("t", 1)?;
+    /// assert_eq!(*rx.try_recv()?.payload(), 1);
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Closed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_recv(&self) -> Result<Arc<Message<T>>, TryRecvError> {
         match self.take() {
             Some(m) => Ok(m),
@@ -99,6 +134,21 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     /// # Errors
     ///
     /// [`RecvError::Closed`] once the bus shut down and the queue is empty.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("jobs")?;
+    /// let producer = {
+    ///     let bus = bus.clone();
+    ///     std::thread::spawn(move || bus.publish("jobs", "resize".to_string()))
+    /// };
+    /// assert_eq!(rx.recv()?.payload(), "resize"); // blocks until it arrives
+    /// producer.join().expect("no panic")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv(&self) -> Result<Arc<Message<T>>, RecvError> {
         self.recv_until(None).map_err(|_| RecvError::Closed)
     }
@@ -110,6 +160,19 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     /// [`RecvTimeoutError::Timeout`] when nothing came in time;
     /// [`RecvTimeoutError::Closed`] once the bus shut down and the queue is
     /// empty.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, RecvTimeoutError};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// assert_eq!(rx.recv_timeout(Duration::from_millis(10)).unwrap_err(), RecvTimeoutError::Timeout);
+    /// bus.publish("t", 1)?;
+    /// assert_eq!(*rx.recv_timeout(Duration::from_secs(10))?.payload(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Arc<Message<T>>, RecvTimeoutError> {
         self.recv_until(Instant::now().checked_add(timeout))
     }
@@ -119,6 +182,21 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     /// # Errors
     ///
     /// As [`recv_timeout`](Self::recv_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// bus.publish("t", 1)?;
+    /// bus.publish("t", 2)?;
+    /// let deadline = Instant::now() + Duration::from_secs(10); // one budget for both
+    /// let sum = *rx.recv_deadline(deadline)?.payload() + *rx.recv_deadline(deadline)?.payload();
+    /// assert_eq!(sum, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_deadline(&self, deadline: Instant) -> Result<Arc<Message<T>>, RecvTimeoutError> {
         self.recv_until(Some(deadline))
     }
@@ -143,11 +221,39 @@ impl<T: Send + Sync + 'static> Receiver<T> {
     }
 
     /// A non-blocking iterator over what is queued now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// for i in 0..3 {
+    ///     bus.publish("t", i)?;
+    /// }
+    /// assert_eq!(rx.try_iter().map(|m| *m.payload()).sum::<u32>(), 3);
+    /// assert_eq!(rx.try_iter().count(), 0); // drained; does not wait
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_iter(&self) -> impl Iterator<Item = Arc<Message<T>>> + '_ {
         std::iter::from_fn(move || self.try_recv().ok())
     }
 
     /// The subscription's counters and queue depths.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// bus.publish("t", 1)?;
+    /// bus.publish("t", 2)?;
+    /// rx.try_recv()?;
+    /// let s = rx.stats();
+    /// assert_eq!((s.counts.received, s.queued[1]), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> SubStats {
         self.sub().stats()
     }
@@ -177,16 +283,57 @@ impl<T: Send + Sync + 'static> Receiver<T> {
 
     /// Stops handing out messages: they queue (by the overflow policy) and
     /// receives wait until [`resume`](Self::resume).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// rx.pause();
+    /// bus.publish("t", 1)?;
+    /// assert!(rx.try_recv().is_err()); // kept in the mailbox
+    /// rx.resume();
+    /// assert_eq!(*rx.try_recv()?.payload(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pause(&self) {
         self.handle.pause();
     }
 
     /// Undoes [`pause`](Self::pause).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// rx.pause();
+    /// bus.publish("t", 1)?;
+    /// rx.resume();
+    /// assert_eq!(*rx.try_recv()?.payload(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn resume(&self) {
         self.handle.resume();
     }
 
     /// True when the bus shut down (queued messages may remain).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// bus.publish("t", 1)?;
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert!(rx.is_ended());
+    /// assert_eq!(*rx.try_recv()?.payload(), 1); // what was queued can still be taken
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_ended(&self) -> bool {
         let sub = self.sub();
         sub.ended.load(Ordering::SeqCst) || sub.closed.load(Ordering::SeqCst)
