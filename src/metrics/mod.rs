@@ -263,47 +263,202 @@ impl Latency {
     }
 
     /// Runs recorded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<u32>::builder().workers(1).latency_sampling(2).build()?; // every second run
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| ())?;
+    /// for i in 0..10 {
+    ///     bus.publish("t", i)?;
+    /// }
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(bus.metrics().handler.count(), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn count(&self) -> u64 {
         self.0.len()
     }
 
     /// The value at quantile `q` (0.0 to 1.0); zero when nothing was
     /// recorded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// // Handlers that take exactly 1, 2, …, 100 ms on a manual clock.
+    /// let clock = ManualClock::shared();
+    /// let c = clock.clone();
+    /// let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// for ms in 1..=100 {
+    ///     bus.publish("t", ms)?;
+    /// }
+    /// bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// let p90 = h.quantile(0.9);
+    /// assert!(p90 >= Duration::from_millis(89) && p90 <= Duration::from_millis(91));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn quantile(&self, q: f64) -> Duration {
         Duration::from_nanos(self.0.value_at_quantile(q.clamp(0.0, 1.0)))
     }
 
     /// The median.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// # let clock = ManualClock::shared();
+    /// # let c = clock.clone();
+    /// # let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// # let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// // Handlers took exactly 1, 2, …, 100 ms on a manual clock:
+    /// # for ms in 1..=100 { bus.publish("t", ms)?; }
+    /// # bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// assert!(h.p50() >= Duration::from_millis(49) && h.p50() <= Duration::from_millis(51));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn p50(&self) -> Duration {
         self.quantile(0.5)
     }
 
     /// The 95th percentile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// # let clock = ManualClock::shared();
+    /// # let c = clock.clone();
+    /// # let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// # let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// // Handlers took exactly 1, 2, …, 100 ms on a manual clock:
+    /// # for ms in 1..=100 { bus.publish("t", ms)?; }
+    /// # bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// assert!(h.p95() >= Duration::from_millis(94) && h.p95() <= Duration::from_millis(96));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn p95(&self) -> Duration {
         self.quantile(0.95)
     }
 
     /// The 99th percentile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// # let clock = ManualClock::shared();
+    /// # let c = clock.clone();
+    /// # let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// # let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// // Handlers took exactly 1, 2, …, 100 ms on a manual clock:
+    /// # for ms in 1..=100 { bus.publish("t", ms)?; }
+    /// # bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// assert!(h.p99() >= Duration::from_millis(98) && h.p99() <= Duration::from_millis(100));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn p99(&self) -> Duration {
         self.quantile(0.99)
     }
 
     /// The 99.9th percentile.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// # let clock = ManualClock::shared();
+    /// # let c = clock.clone();
+    /// # let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// # let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// // Handlers took exactly 1, 2, …, 1000 ms on a manual clock:
+    /// # for ms in 1..=1000 { bus.publish("t", ms)?; }
+    /// # bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// assert!(h.p999() >= Duration::from_millis(998) && h.p999() <= Duration::from_millis(1000));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn p999(&self) -> Duration {
         self.quantile(0.999)
     }
 
     /// The largest value recorded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// # let clock = ManualClock::shared();
+    /// # let c = clock.clone();
+    /// # let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// # let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// // Handlers took exactly 1, 2, …, 100 ms on a manual clock:
+    /// # for ms in 1..=100 { bus.publish("t", ms)?; }
+    /// # bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// assert!(h.max() >= Duration::from_millis(100) && h.max() <= Duration::from_micros(100_100));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max(&self) -> Duration {
         Duration::from_nanos(self.0.max())
     }
 
     /// The smallest value recorded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// # let clock = ManualClock::shared();
+    /// # let c = clock.clone();
+    /// # let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// # let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// // Handlers took exactly 1, 2, …, 100 ms on a manual clock:
+    /// # for ms in 1..=100 { bus.publish("t", ms)?; }
+    /// # bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// assert!(h.min() >= Duration::from_micros(999) && h.min() <= Duration::from_millis(1));
+    /// assert_eq!(Bus::<u64>::builder().build()?.metrics().handler.min(), Duration::ZERO); // nothing recorded
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn min(&self) -> Duration {
         Duration::from_nanos(if self.0.is_empty() { 0 } else { self.0.min() })
     }
 
     /// The mean.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// # let clock = ManualClock::shared();
+    /// # let c = clock.clone();
+    /// # let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// # let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// // Handlers took exactly 1, 2, …, 100 ms on a manual clock:
+    /// # for ms in 1..=100 { bus.publish("t", ms)?; }
+    /// # bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// assert!(h.mean() >= Duration::from_millis(50) && h.mean() <= Duration::from_millis(51));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn mean(&self) -> Duration {
         Duration::from_nanos(self.0.mean() as u64)
     }
@@ -311,6 +466,24 @@ impl Latency {
     /// Runs that took at most `d`, to the histogram's precision (values
     /// within 0.1 % above `d` may count, 1 % in a subscription's own): cumulative buckets, as Prometheus
     /// wants them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use topicbus::{Bus, ManualClock, Message};
+    /// # let clock = ManualClock::shared();
+    /// # let c = clock.clone();
+    /// # let bus = Bus::<u64>::builder().workers(1).clock(clock).latency_sampling(1).build()?;
+    /// # let _s = bus.subscribe("t", move |m: &Message<u64>| c.advance(Duration::from_millis(*m.payload())))?;
+    /// // Handlers took exactly 1, 2, …, 100 ms on a manual clock:
+    /// # for ms in 1..=100 { bus.publish("t", ms)?; }
+    /// # bus.shutdown(Duration::from_secs(10))?;
+    /// let h = bus.metrics().handler;
+    /// assert_eq!(h.count_at_most(Duration::from_millis(10)), 10);
+    /// assert_eq!(h.count_at_most(Duration::from_secs(1)), 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn count_at_most(&self, d: Duration) -> u64 {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.0.count_between(0, ns)

@@ -33,6 +33,14 @@ pub enum CircuitState {
 
 impl CircuitState {
     /// A short lower-case name, for logs and metric labels.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::CircuitState;
+    /// let label = CircuitState::HalfOpen.as_str();
+    /// assert_eq!(label, "half_open");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
@@ -121,6 +129,19 @@ impl Default for CircuitBreaker {
 impl CircuitBreaker {
     /// The last 100 calls, at least 20 of them, 50 % failures, open for
     /// 10 s plus up to 10 % jitter, 1 trial, hold while open.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, CircuitBreaker, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let _s = bus.subscribe_with(
+    ///     SubscribeOptions::new().pattern("payments.#").circuit_breaker(CircuitBreaker::new()),
+    ///     |_m: &Message<u32>| Ok::<(), &str>(()),
+    /// )?;
+    /// assert_eq!(CircuitBreaker::new(), CircuitBreaker::default());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new() -> Self {
         Self {
             window: BreakerWindow::Calls(100),
@@ -134,6 +155,16 @@ impl CircuitBreaker {
     }
 
     /// The window judged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{BreakerWindow, CircuitBreaker};
+    /// let by_calls = CircuitBreaker::new().window(BreakerWindow::Calls(50));
+    /// let by_time = CircuitBreaker::new().window(BreakerWindow::Time(Duration::from_secs(30)));
+    /// assert_ne!(by_calls, by_time);
+    /// ```
     pub fn window(mut self, window: BreakerWindow) -> Self {
         self.window = match window {
             BreakerWindow::Calls(n) => BreakerWindow::Calls(n.max(1)),
@@ -143,12 +174,46 @@ impl CircuitBreaker {
     }
 
     /// Calls the window must hold before the breaker may open.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{BreakerWindow, Bus, CircuitBreaker, CircuitState, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let breaker = CircuitBreaker::new().window(BreakerWindow::Calls(10)).min_calls(3);
+    /// let s = bus.subscribe_with(SubscribeOptions::new().pattern("t").circuit_breaker(breaker), |_m: &Message<u32>| Err("down"))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// bus.publish_confirmed("t", 2, Duration::from_secs(10))?;
+    /// assert_eq!(s.stats().circuit, Some(CircuitState::Closed)); // two calls are too few to judge
+    /// bus.publish_confirmed("t", 3, Duration::from_secs(10))?;
+    /// assert_eq!(s.stats().circuit, Some(CircuitState::Open));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn min_calls(mut self, n: usize) -> Self {
         self.min_calls = n.max(1);
         self
     }
 
     /// The failure fraction (0..=1) that opens the breaker.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{BreakerWindow, Bus, CircuitBreaker, CircuitState, Message, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let breaker = CircuitBreaker::new().window(BreakerWindow::Calls(4)).min_calls(4).failure_rate(0.75);
+    /// let s = bus.subscribe_with(
+    ///     SubscribeOptions::new().pattern("t").circuit_breaker(breaker),
+    ///     |m: &Message<u32>| if *m.payload() % 2 == 0 { Ok(()) } else { Err("odd") },
+    /// )?;
+    /// for i in 0..4 {
+    ///     bus.publish_confirmed("t", i, Duration::from_secs(10))?;
+    /// }
+    /// assert_eq!(s.stats().circuit, Some(CircuitState::Closed)); // 50 % < 75 %
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn failure_rate(mut self, rate: f64) -> Self {
         self.failure_rate = if rate.is_nan() {
             1.0
@@ -159,6 +224,29 @@ impl CircuitBreaker {
     }
 
     /// How long it stays open, plus a random extra of up to `jitter` × that.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{BreakerWindow, Bus, CircuitBreaker, CircuitState, ManualClock, Message, SubscribeOptions};
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<u32>::builder().workers(1).clock(clock.clone()).build()?;
+    /// let breaker = CircuitBreaker::new()
+    ///     .window(BreakerWindow::Calls(1))
+    ///     .min_calls(1)
+    ///     .open_for(Duration::from_secs(30), 0.0); // no jitter: exactly 30 s
+    /// let s = bus.subscribe_with(SubscribeOptions::new().pattern("t").circuit_breaker(breaker), |m: &Message<u32>| {
+    ///     if *m.payload() == 0 { Err("down") } else { Ok(()) }
+    /// })?;
+    /// bus.publish_confirmed("t", 0, Duration::from_secs(10))?;
+    /// assert_eq!(s.stats().circuit, Some(CircuitState::Open));
+    /// clock.advance(Duration::from_secs(30));
+    /// let c = bus.publish_confirmed("t", 1, Duration::from_secs(10))?; // the trial call
+    /// assert!(c.all_succeeded());
+    /// assert_eq!(s.stats().circuit, Some(CircuitState::Closed));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_for(mut self, wait: Duration, jitter: f64) -> Self {
         self.open_for = wait;
         self.jitter = if jitter.is_finite() {
@@ -170,12 +258,35 @@ impl CircuitBreaker {
     }
 
     /// Trial calls while half-open (all must succeed to close).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::CircuitBreaker;
+    /// // Three good calls in a row before the breaker trusts the handler again.
+    /// let cautious = CircuitBreaker::new().trials(3);
+    /// assert_ne!(cautious, CircuitBreaker::new());
+    /// ```
     pub fn trials(mut self, n: u32) -> Self {
         self.trials = n.max(1);
         self
     }
 
     /// What happens to messages while open.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{BreakerWindow, Bus, CircuitBreaker, DropReason, Message, SubscribeOptions, WhenOpen};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let breaker = CircuitBreaker::new().window(BreakerWindow::Calls(1)).min_calls(1).when_open(WhenOpen::Drop);
+    /// let s = bus.subscribe_with(SubscribeOptions::new().pattern("t").circuit_breaker(breaker), |_m: &Message<u32>| Err("down"))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?; // opens the breaker
+    /// bus.publish_confirmed("t", 2, Duration::from_secs(10))?; // dropped while open
+    /// assert_eq!(s.stats().counts.dropped.get(DropReason::CircuitOpen), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn when_open(mut self, policy: WhenOpen) -> Self {
         self.when_open = policy;
         self

@@ -36,15 +36,57 @@ use crate::sync::Mutex;
 /// ```
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Monotonic time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Clock, ManualClock};
+    /// let clock = ManualClock::new();
+    /// let t0 = clock.now();
+    /// assert_eq!(clock.now(), t0); // a manual clock stands still
+    /// ```
     fn now(&self) -> Instant;
 
     /// Wall-clock time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Clock, ManualClock};
+    /// let clock = ManualClock::new();
+    /// let w0 = clock.wall();
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(clock.wall(), w0 + Duration::from_secs(1));
+    /// ```
     fn wall(&self) -> SystemTime;
 
     /// Asks to be woken when this clock jumps (a manual clock's
     /// [`advance`](ManualClock::advance)); waiters on a real clock use real
     /// timeouts instead, so the default does nothing. `waker` is kept as
     /// long as the clock lives and woken on every jump.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use std::task::{Wake, Waker};
+    /// use std::time::Duration;
+    /// use topicbus::{Clock, ManualClock};
+    /// struct Count(AtomicUsize);
+    /// impl Wake for Count {
+    ///     fn wake(self: Arc<Self>) {
+    ///         self.0.fetch_add(1, Ordering::SeqCst);
+    ///     }
+    /// }
+    /// let count = Arc::new(Count(AtomicUsize::new(0)));
+    /// let clock = ManualClock::new();
+    /// clock.on_jump(Waker::from(count.clone()));
+    /// clock.advance(Duration::from_secs(1));
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    /// ```
     fn on_jump(&self, waker: Waker) {
         let _ = waker;
     }
@@ -119,6 +161,16 @@ impl Default for ManualClock {
 
 impl ManualClock {
     /// A clock standing at the real time of its making.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use topicbus::{Clock, ManualClock};
+    /// let before = SystemTime::now();
+    /// let clock = ManualClock::new();
+    /// assert!(clock.wall() >= before); // it starts at the real time
+    /// ```
     pub fn new() -> Self {
         Self {
             start: Instant::now(),
@@ -131,12 +183,36 @@ impl ManualClock {
     }
 
     /// A clock in an `Arc`, ready for [`BusBuilder::clock`](crate::BusBuilder::clock).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, ManualClock};
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<u32>::builder().clock(clock.clone()).build()?;
+    /// # drop(bus);
+    /// # Ok::<(), topicbus::BuildError>(())
+    /// ```
     pub fn shared() -> Arc<Self> {
         Arc::new(Self::new())
     }
 
     /// Moves both readings forward by `by` and wakes whoever waits on the
     /// clock (the bus's timer fires what fell due).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Clock, ManualClock, Message};
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<&str>::builder().workers(1).clock(clock.clone()).build()?;
+    /// let rx = bus.receiver("later")?;
+    /// bus.publish_message(Message::builder("later".parse()?, "hi").timestamp(clock.wall()).delay(Duration::from_secs(5)))?;
+    /// clock.advance(Duration::from_secs(5)); // the bus's timer fires the delayed message
+    /// assert_eq!(*rx.recv_timeout(Duration::from_secs(10))?.payload(), "hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn advance(&self, by: Duration) {
         let wakers = {
             let mut s = self.state.lock();
@@ -149,6 +225,16 @@ impl ManualClock {
     }
 
     /// Time advanced since the clock was made.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::ManualClock;
+    /// let clock = ManualClock::new();
+    /// clock.advance(Duration::from_millis(1500));
+    /// assert_eq!(clock.elapsed(), Duration::from_millis(1500));
+    /// ```
     pub fn elapsed(&self) -> Duration {
         self.state.lock().elapsed
     }

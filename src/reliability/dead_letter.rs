@@ -61,6 +61,14 @@ impl DeadLetterReason {
     ];
 
     /// A short lower-case name, for logs and metric labels.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::DeadLetterReason;
+    /// assert_eq!(DeadLetterReason::RetriesExhausted.as_str(), "retries_exhausted");
+    /// assert!(DeadLetterReason::ALL.iter().all(|r| !r.as_str().is_empty()));
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             DeadLetterReason::RetriesExhausted => "retries_exhausted",
@@ -94,6 +102,14 @@ pub struct Failure {
 
 impl Failure {
     /// A failure of `kind` with `message`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{ErrorKind, Failure};
+    /// let f = Failure::new(ErrorKind::Transient, "connection reset");
+    /// assert_eq!((f.kind, f.message.as_str()), (ErrorKind::Transient, "connection reset"));
+    /// ```
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -123,11 +139,38 @@ impl fmt::Display for Failure {
 
 /// Identifies a letter in a [`DeadLetters`](crate::DeadLetters) queue
 /// (increasing in arrival order).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use topicbus::{Bus, Message, Permanent};
+/// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+/// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+/// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+/// bus.publish_confirmed("t", 2, Duration::from_secs(10))?;
+/// let letters = bus.dead_letters().expect("configured").all();
+/// assert!(letters[0].id < letters[1].id); // in arrival order
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeadLetterId(pub(crate) u64);
 
 impl DeadLetterId {
     /// The raw number.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// let id = bus.dead_letters().expect("configured").all()[0].id;
+    /// println!("dead letter #{}", id.get()); // for logs and admin tools
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get(self) -> u64 {
         self.0
     }
@@ -232,6 +275,20 @@ pub trait DeadLetterSink<T>: Send + Sync + 'static {
     /// # Errors
     ///
     /// Whatever the storage reports; counted, the letter stays in memory.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{BoxError, DeadLetter, DeadLetterSink};
+    /// struct Stderr;
+    /// impl DeadLetterSink<String> for Stderr {
+    ///     fn store(&self, letter: &DeadLetter<String>) -> Result<(), BoxError> {
+    ///         eprintln!("dead letter on {}: {:?}", letter.message.topic(), letter.reason);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let _sink: std::sync::Arc<dyn DeadLetterSink<String>> = std::sync::Arc::new(Stderr);
+    /// ```
     fn store(&self, letter: &DeadLetter<T>) -> Result<(), BoxError>;
 }
 
@@ -263,56 +320,191 @@ pub struct DeadLetterQuery {
 
 impl DeadLetterQuery {
     /// Every letter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, DeadLetterQuery, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// // No condition: selects every letter.
+    /// assert_eq!(bus.dead_letters().expect("configured").query(&DeadLetterQuery::new()).len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Messages whose topic matches `pattern`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, DeadLetterQuery, Message, Pattern, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("#", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// bus.publish_confirmed("billing.invoice", 1, Duration::from_secs(10))?;
+    /// bus.publish_confirmed("shipping.label", 2, Duration::from_secs(10))?;
+    /// let q = DeadLetterQuery::new().topic(Pattern::parse("billing.*")?);
+    /// assert_eq!(bus.dead_letters().expect("configured").query(&q).len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn topic(mut self, pattern: Pattern) -> Self {
         self.topic = Some(pattern);
         self
     }
 
     /// Letters of one subscription.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, DeadLetterQuery, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let a = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("a fails")))?;
+    /// let _b = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("b fails")))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// let mine = bus.dead_letters().expect("configured").query(&DeadLetterQuery::new().subscription(a.id()));
+    /// assert_eq!(mine.len(), 1);
+    /// assert_eq!(mine[0].error.as_ref().map(|e| e.message.as_str()), Some("a fails"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscription(mut self, id: SubscriptionId) -> Self {
         self.subscription = Some(id);
         self
     }
 
     /// Letters whose last error is of `kind`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, DeadLetterQuery, ErrorKind, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |m: &Message<u32>| match m.payload() {
+    ///     0 => Err(Permanent::new("bad input")),
+    ///     _ => panic!("bug"),
+    /// })?;
+    /// bus.publish_confirmed("t", 0, Duration::from_secs(10))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// let panics = bus.dead_letters().expect("configured").query(&DeadLetterQuery::new().error_kind(ErrorKind::Panic));
+    /// assert_eq!(panics.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn error_kind(mut self, kind: ErrorKind) -> Self {
         self.error_kind = Some(kind);
         self
     }
 
     /// Letters dead-lettered for `reason`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, DeadLetterQuery, DeadLetterReason, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// let dlq = bus.dead_letters().expect("configured");
+    /// assert_eq!(dlq.query(&DeadLetterQuery::new().reason(DeadLetterReason::Permanent)).len(), 1);
+    /// assert_eq!(dlq.query(&DeadLetterQuery::new().reason(DeadLetterReason::Expired)).len(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reason(mut self, reason: DeadLetterReason) -> Self {
         self.reason = Some(reason);
         self
     }
 
     /// Given up at or after `at`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Clock, DeadLetterQuery, ManualClock, Message, Permanent};
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<u32>::builder().workers(1).clock(clock.clone()).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// clock.advance(Duration::from_secs(60));
+    /// let cutoff = clock.wall();
+    /// bus.publish_confirmed("t", 2, Duration::from_secs(10))?;
+    /// let recent = bus.dead_letters().expect("configured").query(&DeadLetterQuery::new().since(cutoff));
+    /// assert_eq!(recent.iter().map(|l| *l.message.payload()).collect::<Vec<_>>(), [2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn since(mut self, at: SystemTime) -> Self {
         self.since = Some(at);
         self
     }
 
     /// Given up before `at`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Clock, DeadLetterQuery, ManualClock, Message, Permanent};
+    /// let clock = ManualClock::shared();
+    /// let bus = Bus::<u32>::builder().workers(1).clock(clock.clone()).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// clock.advance(Duration::from_secs(1));
+    /// let cutoff = clock.wall();
+    /// clock.advance(Duration::from_secs(60));
+    /// bus.publish_confirmed("t", 2, Duration::from_secs(10))?;
+    /// let old = bus.dead_letters().expect("configured").query(&DeadLetterQuery::new().until(cutoff));
+    /// assert_eq!(old.iter().map(|l| *l.message.payload()).collect::<Vec<_>>(), [1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn until(mut self, at: SystemTime) -> Self {
         self.until = Some(at);
         self
     }
 
     /// At most `n` letters (the oldest first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, DeadLetterQuery, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// for i in 0..5 {
+    ///     bus.publish_confirmed("t", i, Duration::from_secs(10))?;
+    /// }
+    /// let page = bus.dead_letters().expect("configured").query(&DeadLetterQuery::new().limit(2));
+    /// assert_eq!(page.iter().map(|l| *l.message.payload()).collect::<Vec<_>>(), [0, 1]); // the oldest two
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn limit(mut self, n: usize) -> Self {
         self.limit = Some(n);
         self
     }
 
     /// True when `letter` is selected (the limit aside).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, DeadLetterQuery, DeadLetterReason, Message, Permanent};
+    /// let bus = Bus::<u32>::builder().workers(1).dead_letters(10).build()?;
+    /// let _s = bus.subscribe("t", |_m: &Message<u32>| Err(Permanent::new("no")))?;
+    /// bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// let letter = &bus.dead_letters().expect("configured").all()[0];
+    /// assert!(DeadLetterQuery::new().reason(DeadLetterReason::Permanent).selects(letter));
+    /// assert!(!DeadLetterQuery::new().reason(DeadLetterReason::Panicked).selects(letter));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn selects<T>(&self, letter: &DeadLetter<T>) -> bool {
-        // `map_or(true, …)`: `Option::is_none_or` is newer than the crate's
-        // minimum Rust.
         self.topic
             .as_ref()
             .is_none_or(|p| p.matches(letter.message.topic()))
@@ -331,6 +523,16 @@ impl DeadLetterQuery {
 /// Counters of a dead-letter queue.
 ///
 /// Conservation: `inserted == len + evicted + replayed + removed`.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::Bus;
+/// let bus = Bus::<u32>::builder().dead_letters(100).build()?;
+/// let s = bus.dead_letters().expect("configured").stats();
+/// assert_eq!((s.len, s.capacity, s.inserted, s.sink_errors), (0, 100, 0, 0));
+/// # Ok::<(), topicbus::BuildError>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeadLetterStats {

@@ -28,6 +28,17 @@ pub struct Dedup {
 
 impl Dedup {
     /// Remembers keys for `max_age`, at most `max_keys` of them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Dedup, SubscribeOptions};
+    /// let window = Dedup::new(Duration::from_secs(300), 100_000); // 5 minutes, at most 100K ids
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let _rx = bus.receiver_with(SubscribeOptions::new().pattern("payments.#").dedup(window))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(max_age: Duration, max_keys: usize) -> Self {
         Self {
             max_age,
@@ -36,11 +47,27 @@ impl Dedup {
     }
 
     /// How long a key is remembered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::Dedup;
+    /// assert_eq!(Dedup::new(Duration::from_secs(60), 10).max_age(), Duration::from_secs(60));
+    /// ```
     pub fn max_age(&self) -> Duration {
         self.max_age
     }
 
     /// How many keys are remembered at most.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::Dedup;
+    /// assert_eq!(Dedup::new(Duration::from_secs(60), 10).max_keys(), 10);
+    /// ```
     pub fn max_keys(&self) -> usize {
         self.max_keys
     }

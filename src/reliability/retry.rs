@@ -32,6 +32,17 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// The default classification: [`Permanent`] errors (also when wrapped
     /// as the source of another error) are permanent, all others transient.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{BoxError, ErrorKind, Permanent};
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("import failed")]
+    /// struct ImportFailed(#[source] Permanent);
+    /// let wrapped: BoxError = Box::new(ImportFailed(Permanent::new("bad row")));
+    /// assert_eq!(ErrorKind::of(&wrapped), ErrorKind::Permanent); // found in the source chain
+    /// ```
     pub fn of(error: &BoxError) -> Self {
         let mut e: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
         while let Some(err) = e {
@@ -44,6 +55,13 @@ impl ErrorKind {
     }
 
     /// A short lower-case name, for logs and metric labels.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::ErrorKind;
+    /// assert_eq!(ErrorKind::Permanent.as_str(), "permanent");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Transient => "transient",
@@ -74,11 +92,28 @@ pub struct Permanent(BoxError);
 
 impl Permanent {
     /// Wraps `error` as permanent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{BoxError, ErrorKind, Permanent};
+    /// let e: BoxError = Box::new(Permanent::new(std::io::Error::other("schema mismatch")));
+    /// assert_eq!(ErrorKind::of(&e), ErrorKind::Permanent);
+    /// assert_eq!(e.to_string(), "schema mismatch");
+    /// ```
     pub fn new(error: impl Into<BoxError>) -> Self {
         Self(error.into())
     }
 
     /// The wrapped error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Permanent;
+    /// let p = Permanent::new("bad input");
+    /// assert_eq!(p.into_inner().to_string(), "bad input");
+    /// ```
     pub fn into_inner(self) -> BoxError {
         self.0
     }
@@ -120,6 +155,18 @@ pub enum RetryOrder {
 }
 
 /// A classifier: decides per error whether it is worth a retry.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use topicbus::{Classifier, ErrorKind};
+/// let by_text: Classifier = Arc::new(|e| {
+///     if e.to_string().starts_with("4") { ErrorKind::Permanent } else { ErrorKind::Transient }
+/// });
+/// assert_eq!(by_text(&"404 not found".into()), ErrorKind::Permanent);
+/// assert_eq!(by_text(&"503 unavailable".into()), ErrorKind::Transient);
+/// ```
 pub type Classifier = Arc<dyn Fn(&BoxError) -> ErrorKind + Send + Sync>;
 
 /// Retries of failed handler calls: up to `max_attempts` attempts in all,
@@ -175,6 +222,14 @@ impl RetryPolicy {
     /// Up to `max_attempts` attempts in all (1 means no retry), 100 ms
     /// initial backoff doubling up to 30 s, full jitter, reordering, panics
     /// not retried, the default classifier ([`ErrorKind::of`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::RetryPolicy;
+    /// assert_eq!(RetryPolicy::new(5).max_attempts(), 5);
+    /// assert_eq!(RetryPolicy::new(0).max_attempts(), 1); // at least one attempt
+    /// ```
     pub fn new(max_attempts: u32) -> Self {
         Self {
             max_attempts: max_attempts.max(1),
@@ -189,6 +244,17 @@ impl RetryPolicy {
     }
 
     /// The first retry's maximum wait and the cap on every wait.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::RetryPolicy;
+    /// let p = RetryPolicy::new(10).backoff(Duration::from_millis(10), Duration::from_millis(50));
+    /// assert_eq!(p.max_backoff(1), Duration::from_millis(10));
+    /// assert_eq!(p.max_backoff(3), Duration::from_millis(40));
+    /// assert_eq!(p.max_backoff(4), Duration::from_millis(50)); // capped
+    /// ```
     #[must_use]
     pub fn backoff(mut self, initial: Duration, max_delay: Duration) -> Self {
         self.initial = initial;
@@ -197,6 +263,15 @@ impl RetryPolicy {
     }
 
     /// Growth per retry (default 2; values below 1 count as 1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::RetryPolicy;
+    /// let p = RetryPolicy::new(5).backoff(Duration::from_millis(100), Duration::from_secs(60)).multiplier(3.0);
+    /// assert_eq!(p.max_backoff(3), Duration::from_millis(900));
+    /// ```
     #[must_use]
     pub fn multiplier(mut self, multiplier: f64) -> Self {
         self.multiplier = if multiplier.is_finite() {
@@ -210,6 +285,15 @@ impl RetryPolicy {
     /// Full jitter on (default) or off (then every wait is exactly the
     /// exponential value: predictable, but retries of many messages that
     /// failed together arrive together).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::RetryPolicy;
+    /// let p = RetryPolicy::new(3).backoff(Duration::from_millis(100), Duration::from_secs(1)).jitter(false);
+    /// assert_eq!(p.delay(2, 0.1), Duration::from_millis(200)); // the random unit is ignored
+    /// ```
     #[must_use]
     pub fn jitter(mut self, on: bool) -> Self {
         self.jitter = on;
@@ -217,6 +301,29 @@ impl RetryPolicy {
     }
 
     /// Order of retried messages (default [`RetryOrder::Reorder`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, RetryOrder, RetryPolicy, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = std::sync::Mutex::new(tx);
+    /// let policy = RetryPolicy::new(2).backoff(Duration::from_millis(1), Duration::from_millis(1)).order(RetryOrder::Strict);
+    /// let _sub = bus.subscribe_with(SubscribeOptions::new().pattern("t").retry(policy), move |m: &Message<u32>| {
+    ///     if *m.payload() == 0 && m.attempt() == 1 {
+    ///         return Err("first try fails");
+    ///     }
+    ///     tx.lock().unwrap().send(*m.payload()).map_err(|_| "test ended")
+    /// })?;
+    /// bus.publish("t", 0)?;
+    /// bus.publish("t", 1)?;
+    /// let wait = Duration::from_secs(10);
+    /// assert_eq!([rx.recv_timeout(wait)?, rx.recv_timeout(wait)?], [0, 1]); // the retry kept its place
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn order(mut self, order: RetryOrder) -> Self {
         self.order = order;
@@ -224,6 +331,22 @@ impl RetryPolicy {
     }
 
     /// Retry after a panic too (default: a panic is dead-lettered at once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::{Bus, Message, RetryPolicy, SubscribeOptions};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let policy = RetryPolicy::new(2).backoff(Duration::from_millis(1), Duration::from_millis(1)).retry_panics(true);
+    /// let s = bus.subscribe_with(SubscribeOptions::new().pattern("t").retry(policy), |m: &Message<u32>| {
+    ///     assert!(m.attempt() > 1, "flaky on the first attempt");
+    /// })?;
+    /// let c = bus.publish_confirmed("t", 1, Duration::from_secs(10))?;
+    /// assert!(c.all_succeeded());
+    /// assert_eq!((s.stats().panicked, s.stats().handled), (0, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn retry_panics(mut self, on: bool) -> Self {
         self.retry_panics = on;
@@ -252,6 +375,16 @@ impl RetryPolicy {
     }
 
     /// The kind of `error` under this policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{BoxError, ErrorKind, Permanent, RetryPolicy};
+    /// let p = RetryPolicy::new(3);
+    /// let permanent: BoxError = Box::new(Permanent::new("no"));
+    /// assert_eq!(p.kind_of(&permanent), ErrorKind::Permanent);
+    /// assert_eq!(p.kind_of(&"timeout".into()), ErrorKind::Transient);
+    /// ```
     pub fn kind_of(&self, error: &BoxError) -> ErrorKind {
         match &self.classifier {
             Some(c) => c(error),
@@ -260,12 +393,30 @@ impl RetryPolicy {
     }
 
     /// Attempts in all.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::RetryPolicy;
+    /// assert_eq!(RetryPolicy::new(4).max_attempts(), 4); // the first attempt and three retries
+    /// ```
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
     }
 
     /// The longest wait before retry number `retry` (1 for the first):
     /// `initial × multiplier^(retry−1)`, capped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::RetryPolicy;
+    /// let p = RetryPolicy::new(10); // 100 ms doubling, capped at 30 s
+    /// assert_eq!(p.max_backoff(1), Duration::from_millis(100));
+    /// assert_eq!(p.max_backoff(2), Duration::from_millis(200));
+    /// assert_eq!(p.max_backoff(20), Duration::from_secs(30));
+    /// ```
     pub fn max_backoff(&self, retry: u32) -> Duration {
         let exp = self
             .multiplier
@@ -281,6 +432,16 @@ impl RetryPolicy {
     /// The wait before retry number `retry` given a uniform random `unit`
     /// in `[0, 1)`: `unit × max_backoff(retry)` with jitter, else
     /// `max_backoff(retry)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::RetryPolicy;
+    /// let p = RetryPolicy::new(5).backoff(Duration::from_millis(100), Duration::from_secs(10));
+    /// assert_eq!(p.delay(2, 0.5), Duration::from_millis(100)); // half of the 200 ms bound
+    /// assert_eq!(p.delay(2, 0.0), Duration::ZERO);
+    /// ```
     pub fn delay(&self, retry: u32, unit: f64) -> Duration {
         let max = self.max_backoff(retry);
         if self.jitter {
