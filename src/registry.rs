@@ -113,16 +113,47 @@ pub struct Entry<E> {
 
 impl<E> Entry<E> {
     /// The registration's id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// let id = reg.subscribe([Pattern::parse("a")?], "v");
+    /// assert_eq!(reg.load().get(id).map(|e| e.id()), Some(id));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn id(&self) -> SubscriptionId {
         self.id
     }
 
     /// The patterns, deduplicated, in the order given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// let (a, b) = (Pattern::parse("a.*")?, Pattern::parse("b.#")?);
+    /// let id = reg.subscribe([a.clone(), b.clone(), a.clone()], ());
+    /// assert_eq!(reg.load().get(id).map(|e| e.patterns().to_vec()), Some(vec![a, b])); // deduplicated
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn patterns(&self) -> &[Pattern] {
         &self.patterns
     }
 
     /// The caller's value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// let id = reg.subscribe([Pattern::parse("a")?], String::from("handler-1"));
+    /// assert_eq!(reg.load().get(id).map(|e| e.value().as_str()), Some("handler-1"));
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn value(&self) -> &E {
         &self.value
     }
@@ -191,6 +222,20 @@ impl<E> Snapshot<E> {
 
     /// Calls `f` once for every entry with a pattern matching `topic`, in an
     /// unspecified order. Lock-free and allocation-free.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern, Topic};
+    /// let reg = Registry::new();
+    /// reg.subscribe([Pattern::parse("orders.#")?], 1);
+    /// reg.subscribe([Pattern::parse("orders.*.created")?, Pattern::parse("#.created")?], 2);
+    /// reg.subscribe([Pattern::parse("users.#")?], 3);
+    /// let mut sum = 0;
+    /// reg.load().for_each_match(&Topic::parse("orders.eu.created")?, |e| sum += *e.value());
+    /// assert_eq!(sum, 3); // entries 1 and 2, each once
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn for_each_match<'a>(
         &'a self,
         topic: &Topic,
@@ -200,6 +245,17 @@ impl<E> Snapshot<E> {
     }
 
     /// The ids of the entries matching `topic` (convenience; allocates).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern, Topic};
+    /// let reg = Registry::new();
+    /// let a = reg.subscribe([Pattern::parse("a.*")?], ());
+    /// let _b = reg.subscribe([Pattern::parse("b.*")?], ());
+    /// assert_eq!(reg.load().matches(&Topic::parse("a.x")?), [a]);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn matches(&self, topic: &Topic) -> Vec<SubscriptionId> {
         let mut ids = Vec::new();
         self.for_each_match(topic, |e| ids.push(e.id));
@@ -207,27 +263,88 @@ impl<E> Snapshot<E> {
     }
 
     /// The entry registered under `id`, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// let id = reg.subscribe([Pattern::parse("a")?], 7);
+    /// assert_eq!(reg.load().get(id).map(|e| *e.value()), Some(7));
+    /// reg.unsubscribe(id);
+    /// assert!(reg.load().get(id).is_none());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn get(&self, id: SubscriptionId) -> Option<&std::sync::Arc<Entry<E>>> {
         self.entries.get(&id)
     }
 
     /// The number of registrations.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// reg.subscribe([Pattern::parse("a")?], ());
+    /// reg.subscribe([Pattern::parse("a")?], ()); // a second registration, same pattern
+    /// assert_eq!(reg.load().len(), 2);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// True when nothing is registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// assert!(reg.load().is_empty());
+    /// reg.subscribe([Pattern::parse("a")?], ());
+    /// assert!(!reg.load().is_empty());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The number of swaps that produced this snapshot (0 for the initial,
     /// empty one). Strictly increasing across the registry's snapshots.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// let id = reg.subscribe([Pattern::parse("a")?], ());
+    /// reg.unsubscribe(id);
+    /// assert_eq!(reg.load().version(), 2); // one swap per change
+    /// assert!(reg.unsubscribe(id).is_none());
+    /// assert_eq!(reg.load().version(), 2); // no change, no swap
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn version(&self) -> u64 {
         self.version
     }
 
     /// Every registration, in an unspecified order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// for i in 0..3 {
+    ///     reg.subscribe([Pattern::parse("a")?], i);
+    /// }
+    /// let mut values: Vec<i32> = reg.load().entries().map(|e| *e.value()).collect();
+    /// values.sort();
+    /// assert_eq!(values, [0, 1, 2]);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn entries(&self) -> impl Iterator<Item = &std::sync::Arc<Entry<E>>> + '_ {
         self.entries.values()
     }
@@ -245,6 +362,19 @@ impl<E> fmt::Debug for Snapshot<E> {
 
 /// A loaded snapshot. Hold it briefly: while it lives, the snapshot (and the
 /// entries it references) cannot be freed.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{registry::Registry, Pattern, Topic};
+/// let reg = Registry::new();
+/// reg.subscribe([Pattern::parse("a")?], ());
+/// let snap = reg.load(); // derefs to a Snapshot
+/// reg.subscribe([Pattern::parse("a")?], ()); // writers do not wait for readers
+/// assert_eq!(snap.len(), 1); // the old version, unchanged
+/// assert_eq!(reg.load().matches(&Topic::parse("a")?).len(), 2);
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
 pub struct SnapshotRef<E>(Guard<Snapshot<E>>);
 
 impl<E> Deref for SnapshotRef<E> {
@@ -270,6 +400,23 @@ struct Writer {
 /// A copy-on-write subscription table with lock-free reads.
 ///
 /// See the [module docs](self) for the visibility rules.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use topicbus::{registry::Registry, Pattern, Topic};
+/// let reg = Arc::new(Registry::new());
+/// let topic = Topic::parse("metrics.cpu")?;
+/// let reader = {
+///     let (reg, topic) = (Arc::clone(&reg), topic.clone());
+///     std::thread::spawn(move || (0..1_000).map(|_| reg.load().matches(&topic).len()).max())
+/// };
+/// let id = reg.subscribe([Pattern::parse("metrics.*")?], "dashboard");
+/// assert_eq!(reg.load().matches(&topic), [id]); // visible once subscribe returned
+/// assert!(reader.join().expect("no panic") <= Some(1));
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
 pub struct Registry<E> {
     current: ArcCell<Snapshot<E>>,
     writer: Mutex<Writer>,
@@ -291,6 +438,14 @@ impl<E> fmt::Debug for Registry<E> {
 
 impl<E> Registry<E> {
     /// An empty registry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::registry::Registry;
+    /// let reg: Registry<u32> = Registry::new();
+    /// assert!(reg.load().is_empty());
+    /// ```
     pub fn new() -> Self {
         Self {
             current: ArcCell::new(Arc::new(Snapshot::empty())),
@@ -299,6 +454,17 @@ impl<E> Registry<E> {
     }
 
     /// The current snapshot. Lock-free; never blocks on writers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern, Topic};
+    /// let reg = Registry::new();
+    /// reg.subscribe([Pattern::parse("a.#")?], 1);
+    /// let snap = reg.load(); // lock-free
+    /// assert_eq!(snap.matches(&Topic::parse("a.b")?).len(), 1);
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     #[inline]
     pub fn load(&self) -> SnapshotRef<E> {
         SnapshotRef(self.current.load())
@@ -307,6 +473,18 @@ impl<E> Registry<E> {
     /// Registers `value` under `patterns` (duplicates among them are ignored)
     /// and returns its id. Visible to every `load` that starts after this
     /// returns. A registration with no pattern matches nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern, Topic};
+    /// let reg = Registry::new();
+    /// let id = reg.subscribe([Pattern::parse("a.*")?, Pattern::parse("b")?], "h");
+    /// assert_eq!(reg.load().matches(&Topic::parse("b")?), [id]);
+    /// let none = reg.subscribe([], "nothing"); // matches nothing
+    /// assert!(reg.load().get(none).is_some());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn subscribe(
         &self,
         patterns: impl IntoIterator<Item = Pattern>,
@@ -318,6 +496,18 @@ impl<E> Registry<E> {
     /// Removes the registration `id` and returns its entry, or `None` when it
     /// is not registered (already removed, or never was). Invisible to every
     /// `load` that starts after this returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern, Topic};
+    /// let reg = Registry::new();
+    /// let id = reg.subscribe([Pattern::parse("a")?], "h");
+    /// assert_eq!(reg.unsubscribe(id).map(|e| *e.value()), Some("h"));
+    /// assert!(reg.load().matches(&Topic::parse("a")?).is_empty());
+    /// assert!(reg.unsubscribe(id).is_none());
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub fn unsubscribe(&self, id: SubscriptionId) -> Option<std::sync::Arc<Entry<E>>> {
         self.update(|batch| batch.unsubscribe(id))
     }
@@ -359,6 +549,23 @@ impl<E> Registry<E> {
 
 /// Changes being prepared by [`Registry::update`]; published together when
 /// the closure returns.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{registry::Registry, Pattern};
+/// let reg = Registry::new();
+/// let old = reg.subscribe([Pattern::parse("v1.#")?], "old");
+/// // Replace one registration with another in one swap: no reader sees both or neither.
+/// let v2 = Pattern::parse("v2.#")?;
+/// let new = reg.update(|b| {
+///     b.unsubscribe(old);
+///     b.subscribe([v2], "new")
+/// });
+/// let snap = reg.load();
+/// assert!(snap.get(old).is_none() && snap.get(new).is_some());
+/// # Ok::<(), topicbus::TopicError>(())
+/// ```
 pub struct Batch<'w, E> {
     next: Snapshot<E>,
     writer: &'w mut Writer,
@@ -376,6 +583,20 @@ impl<E> fmt::Debug for Batch<'_, E> {
 
 impl<E> Batch<'_, E> {
     /// Registers `value` under `patterns`; see [`Registry::subscribe`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// let (a, b) = reg.update(|batch| {
+    ///     let a = batch.subscribe([Pattern::parse("a").unwrap()], 1);
+    ///     let b = batch.subscribe([Pattern::parse("b").unwrap()], 2);
+    ///     (a, b)
+    /// });
+    /// assert_ne!(a, b);
+    /// assert_eq!(reg.load().version(), 1); // two registrations, one swap
+    /// ```
     pub fn subscribe(
         &mut self,
         patterns: impl IntoIterator<Item = Pattern>,
@@ -427,6 +648,16 @@ impl<E> Batch<'_, E> {
     }
 
     /// Removes the registration `id`; see [`Registry::unsubscribe`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// let ids: Vec<_> = (0..3).map(|i| reg.subscribe([Pattern::parse("a").unwrap()], i)).collect();
+    /// let removed = reg.update(|b| ids.iter().filter_map(|id| b.unsubscribe(*id)).count());
+    /// assert_eq!((removed, reg.load().len()), (3, 0));
+    /// ```
     pub fn unsubscribe(&mut self, id: SubscriptionId) -> Option<std::sync::Arc<Entry<E>>> {
         let entry = self.next.entries.remove(&id)?;
         self.next
@@ -437,6 +668,18 @@ impl<E> Batch<'_, E> {
     }
 
     /// The snapshot as it stands with the changes so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{registry::Registry, Pattern};
+    /// let reg = Registry::new();
+    /// reg.update(|b| {
+    ///     b.subscribe([Pattern::parse("a").unwrap()], ());
+    ///     assert_eq!(b.snapshot().len(), 1); // the batch sees its own changes
+    /// });
+    /// assert_eq!(reg.load().len(), 1);
+    /// ```
     pub fn snapshot(&self) -> &Snapshot<E> {
         &self.next
     }

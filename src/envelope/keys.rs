@@ -12,9 +12,25 @@ pub(crate) const TAG_LEN: usize = 32;
 
 /// The shortest secret a [`KeyRing`] takes: 256 bits, SHA-256's block
 /// strength.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::envelope::{KeyRing, MIN_SECRET_LEN};
+/// assert!(KeyRing::new("k1", vec![7u8; MIN_SECRET_LEN]).is_ok());
+/// assert!(KeyRing::new("k1", vec![7u8; MIN_SECRET_LEN - 1]).is_err());
+/// ```
 pub const MIN_SECRET_LEN: usize = 32;
 
 /// The longest key id (printable ASCII, no spaces).
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::envelope::{KeyRing, MAX_KEY_ID_LEN};
+/// assert!(KeyRing::new(&"k".repeat(MAX_KEY_ID_LEN), [7u8; 32]).is_ok());
+/// assert!(KeyRing::new(&"k".repeat(MAX_KEY_ID_LEN + 1), [7u8; 32]).is_err());
+/// ```
 pub const MAX_KEY_ID_LEN: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -121,6 +137,18 @@ impl KeyRing {
     /// [`KeyError::BadKeyId`] for an empty, long or non-printable id;
     /// [`KeyError::SecretTooShort`] for a secret under
     /// [`MIN_SECRET_LEN`] bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// // In production the secret comes from a secret store, never from source.
+    /// let secret = [42u8; 32];
+    /// let ring = KeyRing::new("2026-12", secret)?;
+    /// assert_eq!(ring.signing_key_id(), "2026-12");
+    /// let _codec = Codec::signed(ring);
+    /// # Ok::<(), topicbus::envelope::KeyError>(())
+    /// ```
     pub fn new(id: &str, secret: impl AsRef<[u8]>) -> Result<Self, KeyError> {
         check_id(id)?;
         let id: Arc<str> = Arc::from(id);
@@ -134,6 +162,20 @@ impl KeyRing {
     /// # Errors
     ///
     /// As [`new`](Self::new).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// use topicbus::Message;
+    /// let old = Codec::signed(KeyRing::new("old", [1u8; 32])?);
+    /// // Step 1 of a rotation: every node learns the new key, still signing with the old one.
+    /// let both = Codec::signed(KeyRing::new("old", [1u8; 32])?.with_key("new", [2u8; 32])?);
+    /// let msg = Message::builder("a".parse()?, 1u32).build();
+    /// assert!(both.decode::<u32>(&old.encode(&msg, "n1")?).is_ok());
+    /// assert_eq!(both.keys().map(|k| k.signing_key_id()), Some("old"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_key(mut self, id: &str, secret: impl AsRef<[u8]>) -> Result<Self, KeyError> {
         check_id(id)?;
         self.keys.insert(Arc::from(id), mac(secret.as_ref())?);
@@ -145,6 +187,21 @@ impl KeyRing {
     /// # Errors
     ///
     /// [`KeyError::Key`] when the ring does not hold `id`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// use topicbus::Message;
+    /// let ring = KeyRing::new("old", [1u8; 32])?.with_key("new", [2u8; 32])?;
+    /// let verifier = Codec::signed(ring.clone());
+    /// // Step 2: once every node has the new key, sign with it.
+    /// let signer = Codec::signed(ring.sign_with("new")?);
+    /// let msg = Message::builder("a".parse()?, 1u32).build();
+    /// assert!(verifier.decode::<u32>(&signer.encode(&msg, "n1")?).is_ok());
+    /// assert!(KeyRing::new("k", [1u8; 32])?.sign_with("missing").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sign_with(mut self, id: &str) -> Result<Self, KeyError> {
         match self.keys.get_key_value(id) {
             Some((k, _)) => {
@@ -163,6 +220,21 @@ impl KeyRing {
     /// # Errors
     ///
     /// [`KeyError::Key`] when the ring does not hold `id`, or `id` signs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, EnvelopeError, KeyRing};
+    /// use topicbus::Message;
+    /// let old_signer = Codec::signed(KeyRing::new("old", [1u8; 32])?);
+    /// let msg = Message::builder("a".parse()?, 1u32).build();
+    /// let stale = old_signer.encode(&msg, "n1")?;
+    /// // Step 3: no envelope signed by the old key is in flight any more.
+    /// let ring = KeyRing::new("old", [1u8; 32])?.with_key("new", [2u8; 32])?.sign_with("new")?.remove("old")?;
+    /// let codec = Codec::signed(ring);
+    /// assert!(matches!(codec.decode::<u32>(&stale), Err(EnvelopeError::UnknownKey { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn remove(mut self, id: &str) -> Result<Self, KeyError> {
         if *self.signing == *id {
             return Err(KeyError::Key {
@@ -180,6 +252,15 @@ impl KeyRing {
     }
 
     /// The id of the key that signs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::KeyRing;
+    /// let ring = KeyRing::new("a", [1u8; 32])?.with_key("b", [2u8; 32])?;
+    /// assert_eq!(ring.signing_key_id(), "a"); // adding a key does not switch signing
+    /// # Ok::<(), topicbus::envelope::KeyError>(())
+    /// ```
     pub fn signing_key_id(&self) -> &str {
         &self.signing
     }

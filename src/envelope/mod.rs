@@ -73,10 +73,34 @@ use keys::TAG_LEN;
 pub const ORIGIN_HEADER: &str = "topicbus-origin";
 
 /// The envelope version this build writes and reads.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::envelope::{Codec, EnvelopeError, ENVELOPE_VERSION};
+/// use topicbus::Message;
+/// let codec = Codec::unsigned();
+/// let mut bytes = codec.encode(&Message::builder("a".parse()?, 1u32).build(), "n1")?;
+/// assert_eq!(bytes[2], ENVELOPE_VERSION); // after the magic "TB"
+/// bytes[2] = ENVELOPE_VERSION + 1; // from a newer build
+/// assert!(matches!(codec.decode::<u32>(&bytes), Err(EnvelopeError::UnsupportedVersion { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const ENVELOPE_VERSION: u8 = 1;
 
 /// The default largest envelope, encoded: the bus's default payload limit
 /// (1 MiB) and 64 KiB for everything else.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::envelope::{Codec, EnvelopeError, DEFAULT_MAX_ENVELOPE};
+/// use topicbus::Message;
+/// let codec = Codec::unsigned(); // limited to DEFAULT_MAX_ENVELOPE
+/// let huge = Message::builder("a".parse()?, vec![0u8; DEFAULT_MAX_ENVELOPE]).build();
+/// assert!(matches!(codec.encode(&huge, "n1"), Err(EnvelopeError::TooLarge { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_MAX_ENVELOPE: usize = (1 << 20) + (64 << 10);
 
 const MAGIC: [u8; 2] = *b"TB";
@@ -190,6 +214,18 @@ pub enum EnvelopeError {
 impl EnvelopeError {
     /// True for the rejections that mean someone without the key wrote it:
     /// unsigned, unknown key, bad signature. Adapters count these apart.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// use topicbus::Message;
+    /// let signed = Codec::signed(KeyRing::new("k1", [1u8; 32])?);
+    /// let bytes = Codec::unsigned().encode(&Message::builder("a".parse()?, 1u32).build(), "intruder")?;
+    /// assert!(signed.decode::<u32>(&bytes).unwrap_err().is_forgery()); // unsigned
+    /// assert!(!signed.decode::<u32>(b"garbage").unwrap_err().is_forgery()); // merely broken
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_forgery(&self) -> bool {
         matches!(
             self,
@@ -411,6 +447,20 @@ pub struct Codec {
 impl Codec {
     /// A codec that signs with `keys` and accepts only envelopes signed by
     /// one of its keys; binary encoding, [`DEFAULT_MAX_ENVELOPE`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, EnvelopeError, KeyRing};
+    /// use topicbus::Message;
+    /// let codec = Codec::signed(KeyRing::new("k1", [1u8; 32])?);
+    /// let msg = Message::builder("orders.created".parse()?, "o-1".to_string()).build();
+    /// let bytes = codec.encode(&msg, "node-a")?;
+    /// assert_eq!(codec.decode::<String>(&bytes)?.message.id(), msg.id());
+    /// let unsigned = Codec::unsigned().encode(&msg, "node-a")?;
+    /// assert!(matches!(codec.decode::<String>(&unsigned), Err(EnvelopeError::Unsigned)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn signed(keys: KeyRing) -> Self {
         Self {
             keys: Some(keys),
@@ -422,6 +472,18 @@ impl Codec {
     /// A codec that neither signs nor accepts signed envelopes: anyone who
     /// can write to the shared Redis or table can inject messages. For a
     /// trusted, single-tenant setup and tests only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::Message;
+    /// let codec = Codec::unsigned(); // trusted single-tenant setups and tests only
+    /// let bytes = codec.encode(&Message::builder("a".parse()?, 5u8).build(), "n1")?;
+    /// assert_eq!(*codec.decode::<u8>(&bytes)?.message.payload(), 5);
+    /// assert!(codec.keys().is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn unsigned() -> Self {
         Self {
             keys: None,
@@ -431,23 +493,66 @@ impl Codec {
     }
 
     /// The body encoding to write (any is read).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, Encoding};
+    /// use topicbus::Message;
+    /// let json = Codec::unsigned().encoding(Encoding::Json);
+    /// let bytes = json.encode(&Message::builder("a".parse()?, "hi").build(), "n1")?;
+    /// assert!(String::from_utf8_lossy(&bytes).contains("\"hi\"")); // readable in redis-cli
+    /// assert_eq!(*Codec::unsigned().decode::<String>(&bytes)?.message.payload(), "hi"); // any encoding is read
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn encoding(mut self, encoding: Encoding) -> Self {
         self.encoding = encoding;
         self
     }
 
     /// The largest envelope written or read, in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, EnvelopeError};
+    /// use topicbus::Message;
+    /// let small = Codec::unsigned().max_size(128);
+    /// let msg = Message::builder("a".parse()?, vec![0u8; 200]).build();
+    /// assert!(matches!(small.encode(&msg, "n1"), Err(EnvelopeError::TooLarge { limit: 128, .. })));
+    /// let bytes = Codec::unsigned().encode(&msg, "n1")?;
+    /// assert!(matches!(small.decode::<Vec<u8>>(&bytes), Err(EnvelopeError::TooLarge { .. }))); // read too
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_size(mut self, bytes: usize) -> Self {
         self.max_size = bytes;
         self
     }
 
     /// The body encoding written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, Encoding};
+    /// assert_eq!(Codec::unsigned().encoding_used(), Encoding::Binary);
+    /// assert_eq!(Codec::unsigned().encoding(Encoding::Json).encoding_used(), Encoding::Json);
+    /// ```
     pub fn encoding_used(&self) -> Encoding {
         self.encoding
     }
 
     /// The key ring, when the codec signs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// let codec = Codec::signed(KeyRing::new("k1", [1u8; 32])?);
+    /// assert_eq!(codec.keys().map(|k| k.signing_key_id()), Some("k1"));
+    /// assert!(Codec::unsigned().keys().is_none());
+    /// # Ok::<(), topicbus::envelope::KeyError>(())
+    /// ```
     pub fn keys(&self) -> Option<&KeyRing> {
         self.keys.as_ref()
     }
@@ -460,6 +565,20 @@ impl Codec {
     /// encoding (JSON wants string map keys, say);
     /// [`EnvelopeError::TooLarge`] when the envelope would exceed
     /// [`max_size`](Self::max_size).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::{Message, Priority};
+    /// let codec = Codec::unsigned();
+    /// let msg = Message::builder("alerts.disk".parse()?, 93u8).priority(Priority::High).header("host", "db-1").build();
+    /// let bytes = codec.encode(&msg, "node-a")?;
+    /// assert_eq!(&bytes[..2], b"TB");
+    /// let back = codec.decode::<u8>(&bytes)?.message;
+    /// assert_eq!((back.priority(), back.headers().get("host")), (Priority::High, Some("db-1")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn encode<T: Serialize>(
         &self,
         msg: &Message<T>,
@@ -556,6 +675,20 @@ impl Codec {
     ///
     /// Every [`EnvelopeError`] but `Encode`; never a panic, whatever the
     /// bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::{Codec, EnvelopeError};
+    /// use topicbus::Message;
+    /// let codec = Codec::unsigned();
+    /// let bytes = codec.encode(&Message::builder("a".parse()?, 1u32).build(), "node-a")?;
+    /// let d = codec.decode::<u32>(&bytes)?;
+    /// assert_eq!((*d.message.payload(), d.origin.as_str()), (1, "node-a"));
+    /// assert!(matches!(codec.decode::<u32>(&bytes[..bytes.len() - 1]), Err(_))); // never a panic
+    /// assert!(matches!(codec.decode::<u32>(b"hello"), Err(EnvelopeError::NotAnEnvelope)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<Decoded<T>, EnvelopeError> {
         let body = self.open(bytes)?;
         match Encoding::from_tag(bytes[3])? {
