@@ -233,11 +233,39 @@ impl<T: Send + Sync + 'static> Outlet<T> {
 
     /// Its name in receipts (the adapter's kind and target by default,
     /// e.g. `redis streams tb:stream:orders`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).routable().start(&bus)?;
+    /// let outlet = bridge.outlet().ok_or("not routable")?;
+    /// println!("{}", outlet.name()); // e.g. "redis pubsub tb:" in receipts
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The same outlet under another name.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .routable()
+    ///     .start(&bus)?;
+    /// let outlet = queue.outlet().ok_or("not routable")?.named("jobs-db");
+    /// assert_eq!(outlet.name(), "jobs-db");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = Arc::from(name.into());
@@ -246,6 +274,22 @@ impl<T: Send + Sync + 'static> Outlet<T> {
 
     /// True unless the last write to its server failed or the adapter is
     /// shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders").routable().start(&bus)?;
+    /// let outlet = streams.outlet().ok_or("not routable")?;
+    /// assert!(outlet.is_up()); // until a write to Redis fails
+    /// streams.shutdown(Duration::from_secs(5));
+    /// assert!(!outlet.is_up()); // stopped
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_up(&self) -> bool {
         (self.link)() == Link::Up
     }
@@ -284,6 +328,17 @@ impl<T: Send + Sync + 'static> fmt::Debug for Route<T> {
 
 impl<T: Send + Sync + 'static> Route<T> {
     /// A route to `outlet`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::{Outlet, Route, Router, RouteError};
+    /// use topicbus::Bus;
+    /// fn router(bus: &Bus<String>, archive: Outlet<String>) -> Result<Router<String>, RouteError> {
+    ///     Router::builder(bus).route(Route::to(archive)).build() // no fallback
+    /// }
+    /// # let _ = router;
+    /// ```
     pub fn to(outlet: Outlet<T>) -> Self {
         Self {
             outlets: vec![outlet],
@@ -291,6 +346,16 @@ impl<T: Send + Sync + 'static> Route<T> {
     }
 
     /// Adds `fallback`, tried after the outlets before it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::{Outlet, Route};
+    /// fn orders(redis: Outlet<String>, pg_queue: Outlet<String>, pg_archive: Outlet<String>) -> Route<String> {
+    ///     Route::to(redis).or(pg_queue).or(pg_archive) // tried in this order
+    /// }
+    /// # let _ = orders;
+    /// ```
     pub fn or(mut self, fallback: Outlet<T>) -> Self {
         self.outlets.push(fallback);
         self
@@ -359,6 +424,16 @@ pub enum OutletOutcome {
 
 impl OutletOutcome {
     /// Accepted, held or written (the outlet has the message).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::OutletOutcome;
+    /// assert!(OutletOutcome::Accepted.has_it());
+    /// assert!(OutletOutcome::Written.has_it());
+    /// assert!(!OutletOutcome::Dropped.has_it());
+    /// assert!(!OutletOutcome::Stopped.has_it());
+    /// ```
     pub fn has_it(self) -> bool {
         matches!(
             self,
@@ -427,6 +502,22 @@ pub struct RouteReport {
 
 impl RouteReport {
     /// The outlet that has the message, if one does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::{RouteReceipt, RouteReport};
+    /// fn log(receipt: &RouteReceipt) {
+    ///     for route in &receipt.routes {
+    ///         match route.delivered_by() {
+    ///             Some(outlet) => println!("{} went to {outlet}", receipt.id),
+    ///             None => eprintln!("{} missed a route: {:?}", receipt.id, route.outcome()),
+    ///         }
+    ///     }
+    /// }
+    /// # let _ = log;
+    /// assert_eq!(RouteReport::default().delivered_by(), None);
+    /// ```
     pub fn delivered_by(&self) -> Option<&str> {
         self.attempts
             .iter()
@@ -435,6 +526,17 @@ impl RouteReport {
     }
 
     /// The outcome at the outlet that has it, or the last one tried.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::{OutletOutcome, RouteReport};
+    /// fn was_held(r: &RouteReport) -> bool {
+    ///     r.outcome() == Some(OutletOutcome::Held) // waits in a down outlet's outbox
+    /// }
+    /// assert!(!was_held(&RouteReport::default()));
+    /// assert_eq!(RouteReport::default().outcome(), None); // not tried
+    /// ```
     pub fn outcome(&self) -> Option<OutletOutcome> {
         self.attempts
             .iter()
@@ -444,11 +546,28 @@ impl RouteReport {
     }
 
     /// True when an outlet other than the primary has it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::RouteReceipt;
+    /// fn count_fallbacks(receipts: &[RouteReceipt]) -> usize {
+    ///     receipts.iter().flat_map(|r| &r.routes).filter(|route| route.fell_back()).count()
+    /// }
+    /// assert_eq!(count_fallbacks(&[]), 0);
+    /// ```
     pub fn fell_back(&self) -> bool {
         self.attempts.len() > 1 && self.delivered_by().is_some()
     }
 
     /// False when the route was not tried.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::RouteReport;
+    /// assert!(!RouteReport::default().tried()); // FirstSuccess leaves later routes untried
+    /// ```
     pub fn tried(&self) -> bool {
         !self.attempts.is_empty()
     }
@@ -574,17 +693,63 @@ impl<T: Send + Sync + 'static> fmt::Debug for RouterBuilder<T> {
 
 impl<T: Send + Sync + 'static> RouterBuilder<T> {
     /// Adds a route.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{PgArchive, PgQueue};
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::route::{Route, Router};
+    /// use topicbus::Bus;
+    /// let (redis, db) = ("redis://127.0.0.1/", "host=/var/run/postgresql user=app");
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder(redis, Codec::unsigned(), "orders").routable().start(&bus)?;
+    /// let queue = PgQueue::builder(db, Codec::unsigned(), "orders").routable().start(&bus)?;
+    /// let archive = PgArchive::builder(db, Codec::unsigned()).routable().start(&bus)?;
+    /// let router = Router::builder(&bus)
+    ///     .route(Route::to(streams.outlet().ok_or("no outlet")?).or(queue.outlet().ok_or("no outlet")?))
+    ///     .route(Route::to(archive.outlet().ok_or("no outlet")?))
+    ///     .build()?;
+    /// # let _ = router;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn route(mut self, route: Route<T>) -> Self {
         self.routes.push(route);
         self
     }
 
     /// Adds a route to `outlet` alone.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::route::Router;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned()).routable().start(&bus)?;
+    /// let router = Router::builder(&bus).to(archive.outlet().ok_or("no outlet")?).build()?;
+    /// # let _ = router;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to(self, outlet: Outlet<T>) -> Self {
         self.route(Route::to(outlet))
     }
 
     /// The strategy (default [`Strategy::BestEffort`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::{RouteError, Router, Strategy};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// let builder = Router::builder(&bus).strategy(Strategy::FirstSuccess);
+    /// assert!(matches!(builder.build(), Err(RouteError::NoRoutes))); // routes still to add
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
         self
@@ -593,6 +758,22 @@ impl<T: Send + Sync + 'static> RouterBuilder<T> {
     /// Whether each message is also published on the bus (default true).
     /// Turn it off when the outlets' adapters also export the topics from
     /// the bus, or the local subscribers should not see routed messages.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::route::Router;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let _local = bus.receiver("orders.#")?;
+    /// let bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).routable().start(&bus)?;
+    /// let remote_only = Router::builder(&bus).to(bridge.outlet().ok_or("no outlet")?).local(false).build()?;
+    /// let r = remote_only.publish("orders.created", "o-1".to_string())?;
+    /// assert!(r.local.is_none()); // local subscribers did not see it
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn local(mut self, local: bool) -> Self {
         self.local = local;
         self
@@ -605,6 +786,16 @@ impl<T: Send + Sync + 'static> RouterBuilder<T> {
     /// [`RouteError::NoRoutes`]; [`RouteError::ForeignOutlet`] for an
     /// outlet of an adapter started on another bus;
     /// [`RouteError::DuplicateOutlet`] for an adapter in two routes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::{RouteError, Router};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// assert!(matches!(Router::builder(&bus).build(), Err(RouteError::NoRoutes)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn build(self) -> Result<Router<T>, RouteError> {
         if self.routes.is_empty() {
             return Err(RouteError::NoRoutes);
@@ -677,6 +868,17 @@ impl<T: Send + Sync + 'static> fmt::Debug for Router<T> {
 
 impl<T: Send + Sync + 'static> Router<T> {
     /// A router publishing on `bus`, with no routes yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::{Router, Strategy};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// let builder = Router::builder(&bus).strategy(Strategy::All); // then .route(…) for each destination
+    /// # let _ = builder;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder(bus: &Bus<T>) -> RouterBuilder<T> {
         RouterBuilder {
             bus: bus.clone(),
@@ -687,6 +889,20 @@ impl<T: Send + Sync + 'static> Router<T> {
     }
 
     /// The strategy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::route::{Router, Strategy};
+    /// fn describe(router: &Router<String>) -> &'static str {
+    ///     match router.strategy() {
+    ///         Strategy::All => "every route must take it",
+    ///         Strategy::FirstSuccess => "one route is enough",
+    ///         _ => "best effort",
+    ///     }
+    /// }
+    /// # let _ = describe;
+    /// ```
     pub fn strategy(&self) -> Strategy {
         self.strategy
     }
@@ -701,6 +917,30 @@ impl<T: Send + Sync + 'static> Router<T> {
     /// [`RouteError::Unavailable`] when the strategy finds no outlet up
     /// (nothing published); [`RouteError::Incomplete`] when it was
     /// published but the strategy's condition was not met.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::route::{Route, RouteError, Router, Strategy};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders").routable().start(&bus)?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "orders").routable().start(&bus)?;
+    /// let router = Router::builder(&bus)
+    ///     .route(Route::to(streams.outlet().ok_or("no outlet")?).or(queue.outlet().ok_or("no outlet")?))
+    ///     .strategy(Strategy::All)
+    ///     .build()?;
+    /// match router.publish("orders.eu.created", "order 42".to_string()) {
+    ///     Ok(r) if r.routes[0].fell_back() => println!("Redis down: queued in PostgreSQL"),
+    ///     Ok(_) => println!("sent through Redis"),
+    ///     Err(RouteError::Unavailable { .. }) => println!("both down: nothing sent, retry later"),
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn publish(&self, topic: impl IntoTopic, payload: T) -> Result<RouteReceipt, RouteError> {
         let message = self.bus.plain_message(topic, payload)?;
         self.send(message, None)
@@ -712,6 +952,24 @@ impl<T: Send + Sync + 'static> Router<T> {
     /// # Errors
     ///
     /// As [`publish`](Self::publish), and [`RouteError::Delayed`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::route::Router;
+    /// use topicbus::{Bus, Message, Priority};
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).routable().start(&bus)?;
+    /// let router = Router::builder(&bus).to(bridge.outlet().ok_or("no outlet")?).build()?;
+    /// let alert = Message::builder("alerts.disk".parse()?, "93 %".to_string())
+    ///     .priority(Priority::High)
+    ///     .ttl(Duration::from_secs(30));
+    /// router.publish_message(alert)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn publish_message(
         &self,
         message: impl Into<Message<T>>,
@@ -729,6 +987,22 @@ impl<T: Send + Sync + 'static> Router<T> {
     /// As [`publish_message`](Self::publish_message); an outlet that did
     /// not confirm in time makes it [`RouteError::Incomplete`] under
     /// [`Strategy::All`] and [`Strategy::FirstSuccess`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::route::{OutletOutcome, Router};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned()).routable().start(&bus)?;
+    /// let router = Router::builder(&bus).to(archive.outlet().ok_or("no outlet")?).build()?;
+    /// let r = router.publish_confirmed("audit.login", "alice".to_string(), Duration::from_secs(5))?;
+    /// assert_eq!(r.routes[0].outcome(), Some(OutletOutcome::Written)); // committed in PostgreSQL
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn publish_confirmed(
         &self,
         topic: impl IntoTopic,
@@ -746,6 +1020,23 @@ impl<T: Send + Sync + 'static> Router<T> {
     ///
     /// As [`publish_confirmed`](Self::publish_confirmed), and
     /// [`RouteError::Delayed`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::route::{Router, Strategy};
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "payments").routable().start(&bus)?;
+    /// let router = Router::builder(&bus).to(streams.outlet().ok_or("no outlet")?).strategy(Strategy::All).build()?;
+    /// let m = Message::builder("payments.settled".parse()?, "p-7".to_string()).header("currency", "EUR");
+    /// let r = router.publish_message_confirmed(m, Duration::from_secs(5))?; // XADD replied
+    /// println!("{} is in the stream", r.id);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn publish_message_confirmed(
         &self,
         message: impl Into<Message<T>>,

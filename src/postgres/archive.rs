@@ -150,16 +150,39 @@ impl Cursor {
 
     /// A cursor after the row written by transaction `xid` with sequence
     /// number `seq`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::postgres::Cursor;
+    /// let c = Cursor::new(731, 42);
+    /// assert_eq!(c.to_string(), "731:42");
+    /// assert!(Cursor::START < c && c < Cursor::new(731, 43));
+    /// ```
     pub const fn new(xid: u64, seq: i64) -> Self {
         Self { xid, seq }
     }
 
     /// The writing transaction's id (`xid8`) of the last row read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::postgres::Cursor;
+    /// assert_eq!(Cursor::new(900, 1).xid(), 900);
+    /// ```
     pub const fn xid(&self) -> u64 {
         self.xid
     }
 
     /// The sequence number of the last row read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::postgres::Cursor;
+    /// assert_eq!(Cursor::new(900, 7).seq(), 7);
+    /// ```
     pub const fn seq(&self) -> i64 {
         self.seq
     }
@@ -214,6 +237,19 @@ pub struct ArchivedPage<T> {
 
 impl<T> ArchivedPage<T> {
     /// No rows were read: the reader is at the commit horizon.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{ArchiveReader, Cursor};
+    /// let mut reader = ArchiveReader::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let page = reader.read::<String>(&Cursor::START, 100)?;
+    /// if page.is_empty() {
+    ///     println!("caught up with the commit horizon; poll again later");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.rejected == 0
     }
@@ -251,6 +287,18 @@ impl ArchiveReader {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the connection fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// use topicbus::postgres::ArchiveReader;
+    /// // The codec must hold the key the archive's writers sign with.
+    /// let codec = Codec::signed(KeyRing::new("2026-12", std::env::var("TOPICBUS_KEY")?)?);
+    /// let reader = ArchiveReader::connect("postgresql://app@db.internal/app", codec)?;
+    /// # drop(reader);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect(conninfo: &str, codec: Codec) -> Result<Self, PgError> {
         Ok(Self {
             db: super::Reading::connect(conninfo, codec)?,
@@ -262,6 +310,18 @@ impl ArchiveReader {
     /// # Errors
     ///
     /// [`PgError::Invalid`] for a name that is not plain lower-case.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{ArchiveReader, PgError};
+    /// let reader = ArchiveReader::connect("host=/var/run/postgresql user=app", Codec::unsigned())?.schema("audit")?;
+    /// # drop(reader);
+    /// let bad = ArchiveReader::connect("host=/var/run/postgresql user=app", Codec::unsigned())?.schema("Audit; DROP");
+    /// assert!(matches!(bad, Err(PgError::Invalid(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn schema(mut self, schema: &str) -> Result<Self, PgError> {
         self.db.schema(schema)?;
         Ok(self)
@@ -273,6 +333,28 @@ impl ArchiveReader {
     ///
     /// [`PgError::Postgres`] when the query fails (the archive missing, the
     /// connection lost).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{ArchiveReader, Cursor};
+    /// let mut reader = ArchiveReader::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// // Resume where the last run stopped (the cursor was stored as text).
+    /// let mut at: Cursor = std::fs::read_to_string("archive.cursor").map_or(Ok(Cursor::START), |s| s.trim().parse())?;
+    /// loop {
+    ///     let page = reader.read::<String>(&at, 1_000)?;
+    ///     if page.is_empty() {
+    ///         break;
+    ///     }
+    ///     for d in &page.messages {
+    ///         println!("{} {}", d.message.topic(), d.message.payload());
+    ///     }
+    ///     at = page.next;
+    /// }
+    /// std::fs::write("archive.cursor", at.to_string())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read<T: DeserializeOwned>(
         &mut self,
         after: &Cursor,
@@ -289,6 +371,19 @@ impl ArchiveReader {
     /// # Errors
     ///
     /// As [`read`](Self::read).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, SystemTime};
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{ArchiveReader, Cursor};
+    /// let mut reader = ArchiveReader::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let an_hour_ago = SystemTime::now() - Duration::from_secs(3_600);
+    /// let page = reader.read_since::<String>(an_hour_ago, &Cursor::START, 500)?;
+    /// println!("{} messages from the last hour (first page)", page.messages.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn read_since<T: DeserializeOwned>(
         &mut self,
         since: SystemTime,
@@ -460,10 +555,26 @@ impl fmt::Debug for ArchiveBuilder {
 impl ArchiveBuilder {
     outbound_setters!(
         batch: "1,000 and 50 ms",
-        outbox: "(default: drop the oldest, counted; [`OverflowPolicy::Block`] makes publishers wait)."
+        outbox: "(default: drop the oldest, counted; [`OverflowPolicy::Block`] makes publishers wait).",
+        new: "PgArchive::builder(\"host=/var/run/postgresql user=app\", Codec::unsigned())"
     );
 
     /// How the table is partitioned (default [`Partitioning::Daily`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{Partitioning, PgArchive};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned())
+    ///     .export("clicks.#")
+    ///     .partitioning(Partitioning::Hourly) // millions of rows an hour
+    ///     .start(&bus)?;
+    /// # drop(archive);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn partitioning(mut self, p: Partitioning) -> Self {
         self.partitioning = p;
         self
@@ -472,12 +583,46 @@ impl ArchiveBuilder {
     /// Drops partitions whose newest possible row is older than `keep`,
     /// checked by the writer on start and then every `every` (default: keep
     /// everything; checked hourly).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned())
+    ///     .export("audit.#")
+    ///     .retention(Duration::from_secs(90 * 86_400)) // 90 days, then whole days dropped
+    ///     .start(&bus)?;
+    /// println!("partitions dropped: {}", archive.stats().partitions_dropped);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn retention(mut self, keep: Duration) -> Self {
         self.retention = Some(keep);
         self
     }
 
     /// How often the writer enforces the retention (default one hour).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{Partitioning, PgArchive};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned())
+    ///     .export("metrics.#")
+    ///     .partitioning(Partitioning::Hourly)
+    ///     .retention(Duration::from_secs(6 * 3_600))
+    ///     .retention_every(Duration::from_secs(600)) // hourly partitions: check every 10 minutes
+    ///     .start(&bus)?;
+    /// # drop(archive);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn retention_every(mut self, every: Duration) -> Self {
         self.retention_every = every;
         self
@@ -493,6 +638,21 @@ impl ArchiveBuilder {
     /// [`PgError::Postgres`] when the database cannot be reached or
     /// migrated; [`PgError::SchemaTooNew`]; [`PgError::Subscribe`] when the
     /// bus is shut down; [`PgError::Spawn`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{PgArchive, PgError};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// match PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned()).export("orders.#").start(&bus) {
+    ///     Ok(archive) => println!("archiving: {:?}", archive.stats()),
+    ///     Err(PgError::SchemaTooNew { .. }) => eprintln!("a newer topicbus migrated this database: upgrade first"),
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn start<T>(self, bus: &Bus<T>) -> Result<PgArchive<T>, PgError>
     where
         T: Serialize + Send + Sync + 'static,
@@ -565,7 +725,21 @@ impl ArchiveBuilder {
 ///
 /// # Examples
 ///
-/// See the [module](crate::postgres) documentation.
+/// ```no_run
+/// use std::time::Duration;
+/// use topicbus::envelope::Codec;
+/// use topicbus::postgres::{ArchiveReader, Cursor, PgArchive};
+/// use topicbus::Bus;
+/// let db = "host=/var/run/postgresql user=app";
+/// let bus = Bus::<String>::builder().build()?;
+/// let archive = PgArchive::builder(db, Codec::unsigned()).export("orders.#").start(&bus)?;
+/// bus.publish("orders.eu.created", "order 1".to_string())?;
+/// let stats = archive.shutdown(Duration::from_secs(5)); // flushes the outbox
+/// assert_eq!(stats.archived, 1);
+/// let page = ArchiveReader::connect(db, Codec::unsigned())?.read::<String>(&Cursor::START, 10)?;
+/// assert_eq!(page.messages[0].message.payload(), "order 1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct PgArchive<T: Send + Sync + 'static> {
     shared: Arc<Shared>,
     settings: Settings,
@@ -590,7 +764,17 @@ impl PgArchive<()> {
     ///
     /// # Examples
     ///
-    /// See [`ArchiveBuilder`].
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("postgresql://app@db.internal/app", Codec::unsigned())
+    ///     .export("#") // everything
+    ///     .start(&bus)?;
+    /// # drop(archive);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder(conninfo: impl Into<String>, codec: Codec) -> ArchiveBuilder {
         ArchiveBuilder {
             out: Outbound::new(
@@ -612,6 +796,20 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
     /// patterns, or [`routable`](ArchiveBuilder::routable)). It is down
     /// from a failed write until the writer is connected again; a
     /// confirmed message is committed in the archive.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::route::Router;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned()).routable().start(&bus)?;
+    /// let router = Router::builder(&bus).to(archive.outlet().ok_or("not routable")?).build()?;
+    /// router.publish("audit.login", "alice".to_string())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn outlet(&self) -> Option<crate::route::Outlet<T>> {
         outbound::outlet(
             format!("postgres archive {}", self.settings.schema),
@@ -623,6 +821,19 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
     }
 
     /// The counters now.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned()).export("#").start(&bus)?;
+    /// let s = archive.stats();
+    /// println!("archived {} (dups {}), dropped {}, connected {}", s.archived, s.duplicates, s.outbox_dropped, s.connected);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> ArchiveStats {
         let c = &self.shared.counts;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -649,6 +860,20 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
     }
 
     /// The last database error the writer saw, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned()).export("#").start(&bus)?;
+    /// if let Some(e) = archive.last_error() {
+    ///     eprintln!("archive writer: {e}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn last_error(&self) -> Option<String> {
         self.shared.control.last_error()
     }
@@ -659,6 +884,24 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the database fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned())
+    ///     .export("#")
+    ///     .retention(Duration::from_secs(7 * 86_400))
+    ///     .start(&bus)?;
+    /// for table in archive.enforce_retention()? {
+    ///     println!("dropped {table}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn enforce_retention(&self) -> Result<Vec<String>, PgError> {
         let mut client = self.settings.connect()?;
         let dropped = drop_expired(&mut client, &self.settings, SystemTime::now())?;
@@ -668,6 +911,21 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
 
     /// Stops taking messages, writes what the outbox holds until `timeout`,
     /// and returns the final counters (`unsent` says what was left).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgArchive;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let archive = PgArchive::builder("host=/var/run/postgresql user=app", Codec::unsigned()).export("#").start(&bus)?;
+    /// bus.publish("orders.created", "o-1".to_string())?;
+    /// let last = archive.shutdown(Duration::from_secs(5));
+    /// assert_eq!(last.exported, last.archived + last.duplicates + last.encode_failed + last.unsent);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self, timeout: Duration) -> ArchiveStats {
         self.stop(timeout);
         self.stats()

@@ -68,6 +68,16 @@ impl Default for LetterQuery {
 
 impl LetterQuery {
     /// Every letter (up to the limit).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// println!("{} dead letters in all", letters.count(&LetterQuery::new())?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new() -> Self {
         Self {
             from: Source::Any,
@@ -81,12 +91,36 @@ impl LetterQuery {
     }
 
     /// Only those the durable queue `name` gave up on.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let page = letters.query::<String>(&LetterQuery::new().queue("emails").limit(20))?;
+    /// for l in &page.letters {
+    ///     println!("{} after {} attempts: {:?}", l.message.topic(), l.attempts, l.error);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn queue(mut self, name: impl Into<String>) -> Self {
         self.from = Source::Queue(name.into());
         self
     }
 
     /// Only the bus's own letters (stored by a [`PgDeadLetterSink`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let from_bus = letters.count(&LetterQuery::new().bus_only())?; // stored by a PgDeadLetterSink
+    /// println!("{from_bus} letters from in-process subscribers");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn bus_only(mut self) -> Self {
         self.from = Source::Bus;
         self
@@ -95,6 +129,19 @@ impl LetterQuery {
     /// Only those given up for `reason` (the queue's `max_attempts`,
     /// `expired`, `forged`, `malformed`, or a bus
     /// [`DeadLetterReason`](crate::DeadLetterReason)'s name).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// use topicbus::DeadLetterReason;
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let forged = letters.count(&LetterQuery::new().reason("forged"))?;
+    /// let panicked = letters.count(&LetterQuery::new().reason(DeadLetterReason::Panicked.as_str()))?;
+    /// println!("forged: {forged}, handler panics: {panicked}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
         self
@@ -102,30 +149,97 @@ impl LetterQuery {
 
     /// Only those whose topic `pattern` matches (evaluated in the
     /// database).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// use topicbus::Pattern;
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let eu = letters.count(&LetterQuery::new().topic(Pattern::parse("orders.eu.#")?))?;
+    /// println!("{eu} EU orders dead-lettered");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn topic(mut self, pattern: Pattern) -> Self {
         self.topic = Some(pattern);
         self
     }
 
     /// Only those given up at or after `at`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, SystemTime};
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let last_hour = LetterQuery::new().since(SystemTime::now() - Duration::from_secs(3_600));
+    /// println!("{} in the last hour", letters.count(&last_hour)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn since(mut self, at: SystemTime) -> Self {
         self.since = Some(at);
         self
     }
 
     /// Only those given up before `at`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, SystemTime};
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let month_old = LetterQuery::new().until(SystemTime::now() - Duration::from_secs(30 * 86_400)).limit(10_000);
+    /// println!("purged {} letters older than 30 days", letters.purge(&month_old)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn until(mut self, at: SystemTime) -> Self {
         self.until = Some(at);
         self
     }
 
     /// Only those after letter `id` (the next page).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let mut q = LetterQuery::new().queue("emails").limit(100);
+    /// loop {
+    ///     let page = letters.query::<String>(&q)?;
+    ///     for l in &page.letters {
+    ///         println!("#{} {}", l.id, l.message.topic());
+    ///     }
+    ///     match page.last {
+    ///         Some(last) => q = q.after(last),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn after(mut self, id: i64) -> Self {
         self.after = id;
         self
     }
 
     /// At most `n` letters.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let first_ten = letters.query::<String>(&LetterQuery::new().limit(10))?;
+    /// assert!(first_ten.letters.len() <= 10);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn limit(mut self, n: usize) -> Self {
         self.limit = i64::try_from(n).unwrap_or(i64::MAX);
         self
@@ -247,6 +361,17 @@ pub struct StoredLetter<T> {
 }
 
 /// A page of dead letters, from [`PgDeadLetters::query`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use topicbus::envelope::Codec;
+/// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+/// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+/// let page = letters.query::<String>(&LetterQuery::new().limit(50))?;
+/// println!("{} letters, {} rows that did not verify", page.letters.len(), page.rejected.len());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct LetterPage<T> {
@@ -290,6 +415,17 @@ impl PgDeadLetters {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the connection fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// use topicbus::postgres::PgDeadLetters;
+    /// let codec = Codec::signed(KeyRing::new("2026-12", std::env::var("TOPICBUS_KEY")?)?);
+    /// let letters = PgDeadLetters::connect("postgresql://ops@db.internal/app", codec)?;
+    /// # drop(letters);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect(conninfo: &str, codec: Codec) -> Result<Self, PgError> {
         Ok(Self {
             db: super::Reading::connect(conninfo, codec)?,
@@ -301,6 +437,16 @@ impl PgDeadLetters {
     /// # Errors
     ///
     /// [`PgError::Invalid`] for a name that is not plain lower-case.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut billing = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?.schema("billing")?;
+    /// println!("{} in schema billing", billing.count(&LetterQuery::new())?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn schema(mut self, schema: &str) -> Result<Self, PgError> {
         self.db.schema(schema)?;
         Ok(self)
@@ -311,6 +457,17 @@ impl PgDeadLetters {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the query fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let n = letters.count(&LetterQuery::new().queue("emails").limit(1))?; // the limit does not apply
+    /// println!("{n} email letters");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn count(&mut self, query: &LetterQuery) -> Result<u64, PgError> {
         let (clause, params) = query.clause();
         let n: i64 = self
@@ -332,6 +489,18 @@ impl PgDeadLetters {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the query fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// for l in letters.query::<String>(&LetterQuery::new().reason("max_attempts").limit(20))?.letters {
+    ///     println!("{} {:?}: {}", l.id, l.queue, l.message.payload());
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn query<T: DeserializeOwned>(
         &mut self,
         query: &LetterQuery,
@@ -374,6 +543,18 @@ impl PgDeadLetters {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the database fails (nothing moved).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// // The SMTP server is back: give every email another round of attempts.
+    /// let moved = letters.requeue::<String>(&LetterQuery::new().queue("emails").limit(10_000))?;
+    /// println!("{moved} back in the queue");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn requeue<T: DeserializeOwned>(&mut self, query: &LetterQuery) -> Result<u64, PgError> {
         let mut tx = self.db.client.transaction()?;
         let rows = select(&mut tx, &self.db.schema, query, true)?;
@@ -425,6 +606,20 @@ impl PgDeadLetters {
     ///
     /// [`PgError::Postgres`] when the database fails: the letters stay,
     /// though some may have been published (at least once).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let _fixed = bus.subscribe("orders.#", |m: &Message<String>| println!("handled {}", m.payload()))?;
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let n = letters.republish(&bus, &LetterQuery::new().bus_only().limit(1_000))?;
+    /// println!("{n} letters published again");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn republish<T>(&mut self, bus: &Bus<T>, query: &LetterQuery) -> Result<u64, PgError>
     where
         T: DeserializeOwned + Send + Sync + 'static,
@@ -461,6 +656,17 @@ impl PgDeadLetters {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the query fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters};
+    /// let mut letters = PgDeadLetters::connect("host=/var/run/postgresql user=app", Codec::unsigned())?;
+    /// let gone = letters.purge(&LetterQuery::new().reason("forged").limit(100_000))?;
+    /// println!("{gone} forged rows removed");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn purge(&mut self, query: &LetterQuery) -> Result<u64, PgError> {
         let (clause, params) = query.clause();
         let s = &self.db.schema;
@@ -604,6 +810,18 @@ impl<T: Serialize + Send + Sync + 'static> PgDeadLetterSink<T> {
     /// [`PgError::Invalid`] for a bad schema name; [`PgError::Postgres`]
     /// when the database cannot be reached or migrated;
     /// [`PgError::SchemaTooNew`]; [`PgError::Spawn`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgDeadLetterSink;
+    /// use topicbus::Bus;
+    /// let sink = PgDeadLetterSink::<String>::start("host=/var/run/postgresql user=app", Codec::unsigned(), "topicbus")?;
+    /// let bus = Bus::<String>::builder().dead_letters(10_000).dead_letter_sink(sink).build()?;
+    /// # drop(bus);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn start(conninfo: &str, codec: Codec, schema: &str) -> Result<Arc<Self>, PgError> {
         check_schema(schema)?;
         let config: Config = conninfo.parse()?;
@@ -647,6 +865,17 @@ impl<T: Serialize + Send + Sync + 'static> PgDeadLetterSink<T> {
 
 impl<T> PgDeadLetterSink<T> {
     /// The counters now.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgDeadLetterSink;
+    /// let sink = PgDeadLetterSink::<String>::start("host=/var/run/postgresql user=app", Codec::unsigned(), "topicbus")?;
+    /// let s = sink.stats();
+    /// println!("stored {} of {} (pending {}, refused {})", s.stored, s.offered, s.pending, s.refused);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> SinkStats {
         let c = &self.shared.counts;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -669,12 +898,39 @@ impl<T> PgDeadLetterSink<T> {
     }
 
     /// The last database error the writer saw, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgDeadLetterSink;
+    /// let sink = PgDeadLetterSink::<String>::start("host=/var/run/postgresql user=app", Codec::unsigned(), "topicbus")?;
+    /// if let Some(e) = sink.last_error() {
+    ///     eprintln!("dead-letter sink: {e}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn last_error(&self) -> Option<String> {
         self.shared.control.last_error()
     }
 
     /// Stops taking letters, writes those queued until `timeout`, joins
     /// the writer and returns the final counters. Blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgDeadLetterSink;
+    /// use topicbus::Bus;
+    /// let sink = PgDeadLetterSink::<String>::start("host=/var/run/postgresql user=app", Codec::unsigned(), "topicbus")?;
+    /// let bus = Bus::<String>::builder().dead_letters(1_000).dead_letter_sink(sink.clone()).build()?;
+    /// bus.shutdown(Duration::from_secs(5))?; // first the bus: no more letters
+    /// let last = sink.shutdown(Duration::from_secs(5));
+    /// assert_eq!(last.unsent, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(&self, timeout: Duration) -> SinkStats {
         self.tx.lock().take();
         self.shared.control.begin_stop(timeout);

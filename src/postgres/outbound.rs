@@ -109,9 +109,17 @@ impl Outbound {
 /// The setters of [`Outbound`] on a builder with a field `out`; the
 /// arguments are the defaults the docs state.
 macro_rules! outbound_setters {
-    (batch: $batch:literal, outbox: $outbox:literal) => {
+    (batch: $batch:literal, outbox: $outbox:literal, new: $new:literal) => {
         /// The schema of the tables (default `topicbus`), created and
         /// migrated on start.
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::postgres::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet _adapter = ",
+            $new,
+            "\n    .schema(\"billing\") // tables in schema \"billing\", migrated on start\n    .export(\"invoices.#\")\n    .start(&bus)?;\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn schema(mut self, schema: &str) -> Self {
             schema.clone_into(&mut self.out.schema);
             self
@@ -120,6 +128,14 @@ macro_rules! outbound_setters {
         /// Takes local messages whose topic matches `pattern` (call once
         /// per pattern), through a bounded outbox drained by one writer
         /// thread.
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::postgres::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet _adapter = ",
+            $new,
+            "\n    .export(\"orders.#\")\n    .export(\"payments.*.settled\")\n    .start(&bus)?;\nbus.publish(\"orders.eu.created\", \"o-1\".to_string())?; // written to PostgreSQL\nbus.publish(\"users.signup\", \"u-1\".to_string())?; // not taken\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn export(mut self, pattern: impl Into<String>) -> Self {
             self.out.export.push(pattern.into());
             self
@@ -127,12 +143,28 @@ macro_rules! outbound_setters {
 
         /// Gives the adapter an outbox and its writer even without export
         /// patterns, for a [`Router`](crate::route::Router): see `outlet`.
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::postgres::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .routable() // no exports: only what a router sends\n    .start(&bus)?;\nassert!(adapter.outlet().is_some());\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn routable(mut self) -> Self {
             self.out.routable = true;
             self
         }
 
         /// The node id written in each envelope and row (default: random).
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::postgres::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet _adapter = ",
+            $new,
+            "\n    .node_id(\"billing-1\") // recorded with every row\n    .export(\"invoices.#\")\n    .start(&bus)?;\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn node_id(mut self, id: impl Into<String>) -> Self {
             self.out.node = id.into();
             self
@@ -144,6 +176,14 @@ macro_rules! outbound_setters {
                             $batch,
                             ")."
                         )]
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse std::time::Duration;\nuse topicbus::envelope::Codec;\nuse topicbus::postgres::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .export(\"clicks.#\")\n    .batch(5_000, Duration::from_millis(200)) // bigger, rarer writes\n    .start(&bus)?;\nprintln!(\"waiting to be written: {}\", adapter.stats().outbox_depth);\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn batch(mut self, rows: usize, linger: std::time::Duration) -> Self {
             self.out.batch = rows;
             self.out.linger = linger;
@@ -155,6 +195,14 @@ macro_rules! outbound_setters {
                             "or down (default 100,000), and what happens past that ",
                             $outbox
                         )]
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::postgres::*;\nuse topicbus::{Bus, OverflowPolicy};\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .export(\"orders.#\")\n    .outbox(1_000_000, OverflowPolicy::DropOldest) // ride out a long outage\n    .start(&bus)?;\nprintln!(\"waiting: {}, dropped: {}\", adapter.stats().outbox_depth, adapter.stats().outbox_dropped);\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn outbox(mut self, capacity: usize, overflow: $crate::OverflowPolicy) -> Self {
             self.out.outbox = capacity;
             self.out.overflow = overflow;
@@ -163,6 +211,14 @@ macro_rules! outbound_setters {
 
         /// Reconnect backoff: full jitter, from `base` doubling up to `cap`
         /// (default 50 ms to 5 s).
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse std::time::Duration;\nuse topicbus::envelope::Codec;\nuse topicbus::postgres::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet _adapter = ",
+            $new,
+            "\n    .export(\"orders.#\")\n    .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(30))\n    .start(&bus)?;\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn reconnect_backoff(
             mut self,
             base: std::time::Duration,

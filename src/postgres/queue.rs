@@ -28,6 +28,19 @@ use crate::{
 };
 
 /// The longest queue name, in bytes.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::envelope::Codec;
+/// use topicbus::postgres::{PgError, PgQueue, MAX_QUEUE_NAME};
+/// use topicbus::Bus;
+/// let bus = Bus::<String>::builder().workers(1).build()?;
+/// let name = "q".repeat(MAX_QUEUE_NAME + 1);
+/// let refused = PgQueue::builder("host=/nonexistent", Codec::unsigned(), name).start(&bus);
+/// assert!(matches!(refused, Err(PgError::Invalid(_)))); // checked before connecting
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const MAX_QUEUE_NAME: usize = 200;
 
 /// Counters of one [`PgQueue`], read without stopping it.
@@ -351,17 +364,48 @@ impl fmt::Debug for QueueBuilder {
 impl QueueBuilder {
     outbound_setters!(
         batch: "1,000 and 5 ms",
-        outbox: "(default: drop the new message, counted in [`QueueStats::outbox_dropped`], so publishers never wait on the database; [`OverflowPolicy::Block`] makes them wait instead, and [`PgQueue::publish_in`] never drops)."
+        outbox: "(default: drop the new message, counted in [`QueueStats::outbox_dropped`], so publishers never wait on the database; [`OverflowPolicy::Block`] makes them wait instead, and [`PgQueue::publish_in`] never drops).",
+        new: "PgQueue::builder(\"host=/var/run/postgresql user=app\", Codec::unsigned(), \"jobs\")"
     );
 
     /// Consumes the queue: this node takes a share of its messages (the
     /// queue name is the consumer group) and publishes them on its bus.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<String>::builder().build()?;
+    /// // Every worker process runs this: each job is handled by one of them.
+    /// let _s = bus.subscribe("jobs.#", |m: &Message<String>| println!("run {}", m.payload()))?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").consume().start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consume(mut self) -> Self {
         self.consume = true;
         self
     }
 
     /// The consumer's name in the heartbeat table (default: the node id).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .consume()
+    ///     .consumer_name("worker-eu-1")
+    ///     .start(&bus)?;
+    /// assert!(queue.consumers(Duration::from_secs(30))?.iter().any(|c| c.name == "worker-eu-1"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
         self.consumer = Some(name.into());
         self
@@ -370,12 +414,42 @@ impl QueueBuilder {
     /// Consumer threads, each with its own connection (default 1): more
     /// overlap the database round trips of one batch with the handlers of
     /// another.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(8).build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .consume()
+    ///     .consumers(4) // four connections claiming in turn
+    ///     .start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consumers(mut self, n: usize) -> Self {
         self.consumers = n;
         self
     }
 
     /// Rows claimed per statement (default 500).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "renders")
+    ///     .consume()
+    ///     .claim(10) // slow handlers: claim few, leave the rest to other consumers
+    ///     .start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn claim(mut self, rows: usize) -> Self {
         self.claim = rows;
         self
@@ -385,6 +459,22 @@ impl QueueBuilder {
     /// 30 s). While its handlers run, the consumer extends the lease every
     /// third of it; a consumer that dies leaves the lease to run out, and
     /// the row is delivered again (attempts count up).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .consume()
+    ///     .lease(Duration::from_secs(10)) // a dead consumer's rows come back after 10 s
+    ///     .start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -392,6 +482,21 @@ impl QueueBuilder {
 
     /// A message whose handlers failed on this many deliveries moves to
     /// the dead letters (default 5).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{LetterQuery, PgDeadLetters, PgQueue};
+    /// use topicbus::Bus;
+    /// let db = "host=/var/run/postgresql user=app";
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder(db, Codec::unsigned(), "emails").consume().max_attempts(3).start(&bus)?;
+    /// let mut letters = PgDeadLetters::connect(db, Codec::unsigned())?;
+    /// println!("gave up on {}", letters.count(&LetterQuery::new().queue("emails").reason("max_attempts"))?);
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
         self
@@ -400,6 +505,23 @@ impl QueueBuilder {
     /// After a failed delivery the row becomes visible again after a full
     /// jitter backoff from `base` doubling up to `cap` per attempt (default
     /// 1 s to 5 min).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "webhooks")
+    ///     .consume()
+    ///     .retry_backoff(Duration::from_secs(10), Duration::from_secs(3_600)) // a partner down for hours
+    ///     .max_attempts(12)
+    ///     .start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.retry = Backoff { base, cap };
         self
@@ -408,6 +530,22 @@ impl QueueBuilder {
     /// How long a consumer waits for the local outcomes of a batch,
     /// extending its leases, before it leaves the rest to their leases
     /// (default 5 min).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .consume()
+    ///     .handler_timeout(Duration::from_secs(60)) // then the rest go back by their leases
+    ///     .start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = timeout;
         self
@@ -415,6 +553,22 @@ impl QueueBuilder {
 
     /// An idle consumer looks for work at least this often even when no
     /// notification comes (default 1 s): the fallback when one is missed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .consume()
+    ///     .poll_interval(Duration::from_secs(5)) // fewer idle queries; NOTIFY still wakes it at once
+    ///     .start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll = every;
         self
@@ -422,12 +576,44 @@ impl QueueBuilder {
 
     /// The writer sends a payload-free `NOTIFY` after an enqueue at most
     /// this often (default 20 ms; one owed is sent when the time comes).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .export("jobs.#")
+    ///     .notify_every(Duration::from_millis(100)) // at most ten wake-ups a second
+    ///     .start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn notify_every(mut self, every: Duration) -> Self {
         self.notify_every = every;
         self
     }
 
     /// How often a consumer records that it is alive (default 5 s).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .consume()
+    ///     .heartbeat(Duration::from_secs(1))
+    ///     .start(&bus)?;
+    /// println!("alive: {}", queue.consumers(Duration::from_secs(3))?.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = every;
         self
@@ -435,6 +621,21 @@ impl QueueBuilder {
 
     /// How many handled message ids a consumer remembers to acknowledge a
     /// redelivery without handling it again (default 65,536).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .consume()
+    ///     .dedup_window(1 << 20)
+    ///     .start(&bus)?;
+    /// println!("redeliveries acknowledged unhandled: {}", queue.stats().duplicates);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dedup_window(mut self, ids: usize) -> Self {
         self.dedup = ids;
         self
@@ -469,6 +670,23 @@ impl QueueBuilder {
     /// [`PgError::Postgres`] when the database cannot be reached or
     /// migrated; [`PgError::SchemaTooNew`]; [`PgError::Subscribe`] when the
     /// bus is shut down; [`PgError::Spawn`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::{PgError, PgQueue};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs")
+    ///     .export("jobs.#")
+    ///     .consume()
+    ///     .start(&bus)?; // the schema is migrated when this returns
+    /// let zero = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").claim(0).start(&bus);
+    /// assert!(matches!(zero, Err(PgError::Invalid(_))));
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn start<T>(self, bus: &Bus<T>) -> Result<PgQueue<T>, PgError>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -652,6 +870,19 @@ impl<T: Send + Sync + 'static> fmt::Debug for PgQueue<T> {
 impl PgQueue<()> {
     /// Settings for the queue `queue` in the database at `conninfo` (a
     /// libpq-style string or URL), encoding with `codec`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::{Codec, KeyRing};
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let codec = Codec::signed(KeyRing::new("2026-12", std::env::var("TOPICBUS_KEY")?)?);
+    /// let queue = PgQueue::builder("postgresql://app@db.internal/app", codec, "invoices").export("invoices.#").start(&bus)?;
+    /// # drop(queue);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder(
         conninfo: impl Into<String>,
         codec: Codec,
@@ -703,6 +934,22 @@ pub struct QueueDepth {
 
 /// A consumer of a queue as its heartbeats show it, from
 /// [`PgQueue::consumers`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::{Duration, SystemTime};
+/// use topicbus::envelope::Codec;
+/// use topicbus::postgres::PgQueue;
+/// use topicbus::Bus;
+/// let bus = Bus::<String>::builder().build()?;
+/// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").start(&bus)?;
+/// for c in queue.consumers(Duration::from_secs(60))? {
+///     let silent = SystemTime::now().duration_since(c.last_seen).unwrap_or_default();
+///     println!("{}: last heartbeat {silent:?} ago", c.name);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsumerInfo {
@@ -716,6 +963,18 @@ pub struct ConsumerInfo {
 
 impl<T: Send + Sync + 'static> PgQueue<T> {
     /// The queue's name.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").start(&bus)?;
+    /// assert_eq!(queue.name(), "jobs");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.sql.queue
     }
@@ -726,6 +985,20 @@ impl<T: Send + Sync + 'static> PgQueue<T> {
     /// a failed enqueue until one succeeds; a confirmed message is
     /// committed in the queue. Unlike exported messages, routed ones are
     /// enqueued even when they came from another process.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::route::Router;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").routable().start(&bus)?;
+    /// let router = Router::builder(&bus).to(queue.outlet().ok_or("not routable")?).local(false).build()?;
+    /// router.publish("jobs.render", "page 1".to_string())?; // enqueued, not handled locally
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn outlet(&self) -> Option<crate::route::Outlet<T>> {
         outbound::outlet(
             format!("postgres queue {}", self.sql.queue),
@@ -737,6 +1010,19 @@ impl<T: Send + Sync + 'static> PgQueue<T> {
     }
 
     /// The counters now.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").export("jobs.#").consume().start(&bus)?;
+    /// let s = queue.stats();
+    /// println!("enqueued {} delivered {} acked {} retried {} dead {}", s.enqueued, s.delivered, s.acked, s.retried, s.dead_lettered);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> QueueStats {
         let c = &self.shared.counts;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -773,6 +1059,20 @@ impl<T: Send + Sync + 'static> PgQueue<T> {
     }
 
     /// The last database error a thread saw, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").consume().start(&bus)?;
+    /// if let Some(e) = queue.last_error() {
+    ///     eprintln!("queue: {e}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn last_error(&self) -> Option<String> {
         self.shared.control.last_error()
     }
@@ -827,6 +1127,19 @@ impl<T: Send + Sync + 'static> PgQueue<T> {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the database fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").start(&bus)?;
+    /// let d = queue.depth()?;
+    /// println!("{} ready of {} queued", d.ready, d.total);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn depth(&self) -> Result<QueueDepth, PgError> {
         let mut client = connect(&self.config)?;
         let row = client.query_one(
@@ -850,6 +1163,21 @@ impl<T: Send + Sync + 'static> PgQueue<T> {
     /// # Errors
     ///
     /// [`PgError::Postgres`] when the database fails.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").start(&bus)?;
+    /// if queue.consumers(Duration::from_secs(30))?.is_empty() {
+    ///     eprintln!("nobody consumes the jobs queue");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consumers(&self, within: Duration) -> Result<Vec<ConsumerInfo>, PgError> {
         let mut client = connect(&self.config)?;
         let rows = client.query(
@@ -875,6 +1203,21 @@ impl<T: Send + Sync + 'static> PgQueue<T> {
     /// handler timeout), enqueues what the outbox holds until it is empty
     /// or `timeout` passes, joins the threads and returns the final
     /// counters (`unsent` is what was left). Blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::postgres::PgQueue;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let queue = PgQueue::builder("host=/var/run/postgresql user=app", Codec::unsigned(), "jobs").export("jobs.#").consume().start(&bus)?;
+    /// bus.publish("jobs.render", "page 1".to_string())?;
+    /// let last = queue.shutdown(Duration::from_secs(10));
+    /// assert_eq!(last.unsent, 0, "the outbox was flushed into the table");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self, timeout: Duration) -> QueueStats {
         self.stop(timeout)
     }

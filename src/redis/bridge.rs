@@ -105,6 +105,27 @@ pub struct BridgeReport {
 }
 
 /// Settings of a [`RedisBridge`]; from [`RedisBridge::builder`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use topicbus::envelope::{Codec, KeyRing};
+/// use topicbus::redis::RedisBridge;
+/// use topicbus::{Bus, OverflowPolicy};
+/// let bus = Bus::<String>::builder().build()?;
+/// let codec = Codec::signed(KeyRing::new("2026-12", std::env::var("TOPICBUS_KEY")?)?);
+/// let bridge = RedisBridge::builder("redis://127.0.0.1/", codec)
+///     .node_id("web-1")
+///     .export("orders.#")
+///     .import("prices.*")
+///     .outbox_capacity(50_000)
+///     .outbox_overflow(OverflowPolicy::DropOldest)
+///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(5))
+///     .start(&bus)?;
+/// # drop(bridge);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct BridgeBuilder {
@@ -114,9 +135,27 @@ pub struct BridgeBuilder {
 }
 
 impl BridgeBuilder {
-    common_setters!();
+    common_setters!("RedisBridge::builder(\"redis://127.0.0.1/\", Codec::unsigned())");
 
     /// Publishes messages from Redis matching `pattern` on the local bus.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let prices = bus.receiver("prices.#")?;
+    /// let _bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned())
+    ///     .import("prices.#") // other nodes' prices appear on this bus
+    ///     .start(&bus)?;
+    /// let m = prices.recv_timeout(Duration::from_secs(10))?;
+    /// println!("{} from {:?}", m.payload(), m.headers().get(topicbus::envelope::ORIGIN_HEADER));
+    /// # let _ = Message::builder("a".parse()?, ());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn import(mut self, pattern: impl Into<String>) -> Self {
         self.import.push(pattern.into());
         self
@@ -124,6 +163,23 @@ impl BridgeBuilder {
 
     /// The Redis channel of a topic is `prefix` + topic (default
     /// `topicbus:`); buses sharing a prefix share messages.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// // Staging and production share one Redis but never see each other's messages.
+    /// let bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned())
+    ///     .prefix("staging:")
+    ///     .export("#")
+    ///     .import("#")
+    ///     .start(&bus)?;
+    /// # drop(bridge);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -143,6 +199,20 @@ impl BridgeBuilder {
     /// a bad pattern, [`AdapterError::Invalid`] for a zero capacity, batch
     /// or timeout, [`AdapterError::Subscribe`] when the bus is shut down,
     /// [`AdapterError::Spawn`] when a thread cannot start.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::{AdapterError, RedisBridge};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).export("orders.#").start(&bus)?;
+    /// println!("connected: {}", bridge.stats().outbound_connected); // Redis down is not an error
+    /// let bad = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).export("orders.b*").start(&bus);
+    /// assert!(matches!(bad, Err(AdapterError::Pattern(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn start<T>(self, bus: &Bus<T>) -> Result<RedisBridge<T>, AdapterError>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -239,6 +309,20 @@ impl RedisBridge<()> {
     /// (`redis://host:port/db`, `redis+unix:///path/to/socket`, …),
     /// encoding with `codec` (use a signed codec wherever another party can
     /// write to the server).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// // Nothing exported or imported yet: no thread, no connection.
+    /// let bridge = RedisBridge::builder("redis+unix:///run/redis/redis.sock", Codec::unsigned()).start(&bus)?;
+    /// assert!(bridge.shutdown(Duration::from_secs(1)).flushed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder(url: impl Into<String>, codec: Codec) -> BridgeBuilder {
         BridgeBuilder {
             common: Common::new(url.into(), codec),
@@ -250,6 +334,20 @@ impl RedisBridge<()> {
 
 impl<T: Send + Sync + 'static> RedisBridge<T> {
     /// This node's id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// let named = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).node_id("api-3").start(&bus)?;
+    /// assert_eq!(named.node_id(), "api-3");
+    /// let random = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).start(&bus)?;
+    /// assert!(random.node_id().starts_with("node-"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn node_id(&self) -> &str {
         &self.running.shared.node
     }
@@ -260,11 +358,38 @@ impl<T: Send + Sync + 'static> RedisBridge<T> {
     /// write to Redis until one succeeds. Messages that came from another
     /// process ([`ORIGIN_HEADER`](crate::envelope::ORIGIN_HEADER)) are not
     /// sent, as for exports.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::route::Router;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).routable().start(&bus)?;
+    /// let router = Router::builder(&bus).to(bridge.outlet().ok_or("not routable")?).build()?;
+    /// router.publish("orders.created", "o-1".to_string())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn outlet(&self) -> Option<crate::route::Outlet<T>> {
         self.running.outlet()
     }
 
     /// The counters now.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).export("#").import("#").start(&bus)?;
+    /// let s = bridge.stats();
+    /// println!("sent {} / dropped {} / forged rejected {}", s.published, s.outbox_dropped, s.forged);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> BridgeStats {
         let c = &self.running.shared.counts;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -295,6 +420,23 @@ impl<T: Send + Sync + 'static> RedisBridge<T> {
     /// Stops importing, sends what the outbox holds (retrying a lost
     /// connection) until it is empty or `timeout` passes, and joins the
     /// threads. Blocks.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisBridge;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let bridge = RedisBridge::builder("redis://127.0.0.1/", Codec::unsigned()).export("orders.#").start(&bus)?;
+    /// bus.publish("orders.created", "o-1".to_string())?;
+    /// let report = bridge.shutdown(Duration::from_secs(5));
+    /// if !report.flushed {
+    ///     eprintln!("{} messages not sent: {:?}", report.stats.unsent, report.last_error);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self, timeout: Duration) -> BridgeReport {
         self.stop(timeout)
     }

@@ -168,15 +168,31 @@ pub(super) struct Common {
 
 /// The setters of [`Common`], for both builders.
 macro_rules! common_setters {
-    () => {
+    ($new:literal) => {
         /// This node's id, written into every envelope it sends (default: a
         /// random `node-<hex>`).
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .node_id(\"billing-1\")\n    .export(\"orders.#\")\n    .start(&bus)?;\nassert_eq!(adapter.node_id(), \"billing-1\");\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn node_id(mut self, id: impl Into<String>) -> Self {
             self.common.node = Some(id.into());
             self
         }
 
         /// Sends local messages matching `pattern` to Redis.
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet _adapter = ",
+            $new,
+            "\n    .export(\"orders.#\")\n    .export(\"payments.*.settled\")\n    .start(&bus)?;\nbus.publish(\"orders.eu.created\", \"o-1\".to_string())?; // goes to Redis\nbus.publish(\"users.signup\", \"u-1\".to_string())?; // stays local\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn export(mut self, pattern: impl Into<String>) -> Self {
             self.common.export.push(pattern.into());
             self
@@ -184,6 +200,14 @@ macro_rules! common_setters {
 
         /// Gives the adapter an outbox and a writer even without export
         /// patterns, for a [`Router`](crate::route::Router): see `outlet`.
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .routable() // no exports: only what a router sends\n    .start(&bus)?;\nassert!(adapter.outlet().is_some());\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn routable(mut self) -> Self {
             self.common.routable = true;
             self
@@ -191,6 +215,14 @@ macro_rules! common_setters {
 
         /// Messages each priority lane of the outbox holds while Redis is
         /// slow or down (default 10,000).
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .export(\"metrics.#\")\n    .outbox_capacity(100_000) // ride out a longer outage\n    .start(&bus)?;\nprintln!(\"waiting for Redis: {}\", adapter.stats().outbox_depth);\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn outbox_capacity(mut self, capacity: usize) -> Self {
             self.common.outbox = capacity;
             self
@@ -201,18 +233,42 @@ macro_rules! common_setters {
         /// its drops are counted in the adapter's stats and in the bus's own
         /// counters. A blocking policy makes publishers wait on Redis:
         /// allowed, not advised.
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::{Bus, OverflowPolicy};\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .export(\"metrics.#\")\n    .outbox_overflow(OverflowPolicy::DropNewest) // keep the oldest samples\n    .start(&bus)?;\nprintln!(\"dropped while Redis was down: {}\", adapter.stats().outbox_dropped);\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn outbox_overflow(mut self, policy: crate::OverflowPolicy) -> Self {
             self.common.overflow = policy;
             self
         }
 
         /// Messages sent per pipeline (default 256).
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet _adapter = ",
+            $new,
+            "\n    .export(\"ticks.#\")\n    .batch(1_024) // bigger pipelines for a high-rate feed\n    .start(&bus)?;\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn batch(mut self, batch: usize) -> Self {
             self.common.batch = batch;
             self
         }
 
         /// Message ids remembered to drop duplicates (default 65,536).
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .export(\"orders.#\")\n    .dedup_window(1 << 20) // remember a million ids\n    .start(&bus)?;\nprintln!(\"copies dropped: {}\", adapter.stats().duplicates);\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn dedup_window(mut self, ids: usize) -> Self {
             self.common.dedup = ids;
             self
@@ -220,6 +276,14 @@ macro_rules! common_setters {
 
         /// Reconnect waits: full-jitter exponential backoff from `base`,
         /// capped at `cap` (default 50 ms to 5 s).
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse std::time::Duration;\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet adapter = ",
+            $new,
+            "\n    .export(\"orders.#\")\n    .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(30))\n    .start(&bus)?;\nprintln!(\"reconnects: {}\", adapter.stats().reconnects);\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn reconnect_backoff(
             mut self,
             base: std::time::Duration,
@@ -230,6 +294,14 @@ macro_rules! common_setters {
         }
 
         /// Connect, read and write timeout of each Redis call (default 2 s).
+        ///
+        /// # Examples
+        ///
+        #[doc = concat!(
+            "```no_run\nuse std::time::Duration;\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet _adapter = ",
+            $new,
+            "\n    .export(\"orders.#\")\n    .io_timeout(Duration::from_millis(500)) // find a dead server sooner\n    .start(&bus)?;\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
+        )]
         pub fn io_timeout(mut self, timeout: std::time::Duration) -> Self {
             self.common.io_timeout = timeout;
             self

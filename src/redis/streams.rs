@@ -73,6 +73,26 @@ pub struct StreamStats {
 }
 
 /// Settings of a [`RedisStreams`]; from [`RedisStreams::builder`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use topicbus::envelope::Codec;
+/// use topicbus::redis::RedisStreams;
+/// use topicbus::Bus;
+/// let bus = Bus::<String>::builder().build()?;
+/// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+///     .export("orders.#")
+///     .consume("billing")
+///     .consumer_name("billing-1")
+///     .maxlen(5_000_000)
+///     .visibility_timeout(Duration::from_secs(60))
+///     .max_deliveries(3)
+///     .start(&bus)?;
+/// # drop(streams);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct StreamsBuilder {
@@ -89,12 +109,28 @@ pub struct StreamsBuilder {
 }
 
 impl StreamsBuilder {
-    common_setters!();
+    common_setters!("RedisStreams::builder(\"redis://127.0.0.1/\", Codec::unsigned(), \"orders\")");
 
     /// Consumes the stream as a member of consumer group `group` (created,
     /// from the stream's beginning, if it does not exist): each entry goes
     /// to one member of the group, is published on this node's bus, and is
     /// acknowledged once every local subscription settled it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::{Bus, Message};
+    /// let bus = Bus::<String>::builder().build()?;
+    /// // Run this in every billing process: each entry is handled by one of them.
+    /// let _s = bus.subscribe("orders.#", |m: &Message<String>| println!("bill {}", m.payload()))?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+    ///     .consume("billing")
+    ///     .start(&bus)?;
+    /// # drop(streams);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consume(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
         self
@@ -103,6 +139,24 @@ impl StreamsBuilder {
     /// This consumer's name within the group (default: the node id). Give
     /// a restarted process its old name and it takes back its pending
     /// entries at once instead of after the visibility timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// // A stable name per process (here from the environment): after a restart
+    /// // it takes back its own pending entries at once.
+    /// let name = std::env::var("HOSTNAME").unwrap_or_else(|_| "billing-1".into());
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+    ///     .consume("billing")
+    ///     .consumer_name(name)
+    ///     .start(&bus)?;
+    /// # drop(streams);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
         self.consumer = Some(name.into());
         self
@@ -111,12 +165,43 @@ impl StreamsBuilder {
     /// The stream is trimmed to about this many entries (`MAXLEN ~`,
     /// default 1,000,000). Entries trimmed before any consumer read them
     /// are lost: size it for the longest outage of every consumer.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// // 2,000 entries/s and consumers that may be down for an hour: keep ~7.2M.
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+    ///     .export("orders.#")
+    ///     .maxlen(2_000 * 3_600)
+    ///     .start(&bus)?;
+    /// # drop(streams);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn maxlen(mut self, entries: usize) -> Self {
         self.maxlen = entries;
         self
     }
 
     /// Entries read per `XREADGROUP` (default 256).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "clicks")
+    ///     .consume("analytics")
+    ///     .count(1_024) // fewer round trips for small, fast messages
+    ///     .start(&bus)?;
+    /// # drop(streams);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn count(mut self, entries: usize) -> Self {
         self.count = entries;
         self
@@ -124,6 +209,22 @@ impl StreamsBuilder {
 
     /// How long one read waits for new entries (default 100 ms; also how
     /// quickly shutdown is noticed).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+    ///     .consume("billing")
+    ///     .block(Duration::from_millis(500)) // must stay under the io timeout (2 s)
+    ///     .start(&bus)?;
+    /// # drop(streams);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn block(mut self, wait: Duration) -> Self {
         self.block = wait;
         self
@@ -131,6 +232,24 @@ impl StreamsBuilder {
 
     /// Entries pending this long with another consumer are claimed by this
     /// one (default 30 s): at least twice the longest handler run.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// // Handlers take up to 2 minutes: claim a silent consumer's entries after 5.
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "renders")
+    ///     .consume("renderers")
+    ///     .visibility_timeout(Duration::from_secs(300))
+    ///     .handler_timeout(Duration::from_secs(150))
+    ///     .start(&bus)?;
+    /// # drop(streams);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
         self.visibility = timeout;
         self
@@ -138,6 +257,21 @@ impl StreamsBuilder {
 
     /// An entry delivered more often than this goes to the dead-letter
     /// stream instead (default 5).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+    ///     .consume("billing")
+    ///     .max_deliveries(3) // then to topicbus:stream:orders:dead
+    ///     .start(&bus)?;
+    /// println!("dead-lettered: {}", streams.stats().dead_lettered);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_deliveries(mut self, n: u32) -> Self {
         self.max_deliveries = n;
         self
@@ -145,6 +279,22 @@ impl StreamsBuilder {
 
     /// How long the consumer waits for the local outcomes of a batch before
     /// it leaves the rest pending (default 10 s).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+    ///     .consume("billing")
+    ///     .handler_timeout(Duration::from_secs(30)) // past it, entries stay pending
+    ///     .start(&bus)?;
+    /// println!("left pending: {}", streams.stats().unconfirmed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = timeout;
         self
@@ -157,6 +307,23 @@ impl StreamsBuilder {
     /// # Errors
     ///
     /// As [`BridgeBuilder::start`](super::BridgeBuilder::start).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::{AdapterError, RedisStreams};
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+    ///     .export("orders.#")
+    ///     .consume("billing")
+    ///     .start(&bus)?; // Redis down is not an error: see stats()
+    /// let zero = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders").count(0).start(&bus);
+    /// assert!(matches!(zero, Err(AdapterError::Invalid(_))));
+    /// # drop(streams);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn start<T>(self, bus: &Bus<T>) -> Result<RedisStreams<T>, AdapterError>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -272,6 +439,20 @@ impl<T: Send + Sync + 'static> fmt::Debug for RedisStreams<T> {
 impl RedisStreams<()> {
     /// Settings for the stream `stream` (key `topicbus:stream:<stream>`)
     /// on the Redis server at `url`, encoding with `codec`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// // Neither exporting nor consuming yet: no thread, no connection.
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders").start(&bus)?;
+    /// assert_eq!(streams.shutdown(Duration::from_secs(1)).unsent, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder(
         url: impl Into<String>,
         codec: Codec,
@@ -294,6 +475,18 @@ impl RedisStreams<()> {
 
 impl<T: Send + Sync + 'static> RedisStreams<T> {
     /// This node's id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().workers(1).build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders").node_id("worker-7").start(&bus)?;
+    /// assert_eq!(streams.node_id(), "worker-7");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn node_id(&self) -> &str {
         &self.running.shared.node
     }
@@ -304,11 +497,38 @@ impl<T: Send + Sync + 'static> RedisStreams<T> {
     /// write to Redis until one succeeds. Messages that came from another
     /// process ([`ORIGIN_HEADER`](crate::envelope::ORIGIN_HEADER)) are not
     /// sent, as for exports.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::route::Router;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders").routable().start(&bus)?;
+    /// let router = Router::builder(&bus).to(streams.outlet().ok_or("not routable")?).local(false).build()?;
+    /// router.publish("orders.created", "o-1".to_string())?; // XADD, not seen locally
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn outlet(&self) -> Option<crate::route::Outlet<T>> {
         self.running.outlet()
     }
 
     /// The counters now.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders").consume("billing").start(&bus)?;
+    /// let s = streams.stats();
+    /// println!("read {} acked {} claimed {} dead {}", s.read, s.acked, s.claimed, s.dead_lettered);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> StreamStats {
         let c = &self.running.shared.counts;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -341,6 +561,24 @@ impl<T: Send + Sync + 'static> RedisStreams<T> {
     /// returns the final counters (`unsent` is what was left). Blocks: up
     /// to `timeout` for the outbox, and up to the handler timeout for a
     /// batch whose local outcomes are still coming in.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use topicbus::envelope::Codec;
+    /// use topicbus::redis::RedisStreams;
+    /// use topicbus::Bus;
+    /// let bus = Bus::<String>::builder().build()?;
+    /// let streams = RedisStreams::builder("redis://127.0.0.1/", Codec::unsigned(), "orders")
+    ///     .export("orders.#")
+    ///     .consume("billing")
+    ///     .start(&bus)?;
+    /// bus.publish("orders.created", "o-1".to_string())?;
+    /// let last = streams.shutdown(Duration::from_secs(5));
+    /// assert_eq!(last.unsent, 0, "everything accepted reached Redis");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self, timeout: Duration) -> StreamStats {
         self.stop(timeout)
     }
