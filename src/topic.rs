@@ -81,6 +81,16 @@ pub struct Limits {
 
 impl Limits {
     /// The default limits: 255 bytes and 32 levels.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Limits, Topic};
+    /// assert_eq!((Limits::DEFAULT.max_len, Limits::DEFAULT.max_depth), (255, 32));
+    /// assert_eq!(Limits::default(), Limits::DEFAULT);
+    /// assert!(Topic::parse_with(&"a.".repeat(32)[..63], &Limits::DEFAULT).is_ok()); // 32 levels
+    /// # Ok::<(), topicbus::TopicError>(())
+    /// ```
     pub const DEFAULT: Limits = Limits {
         max_len: 255,
         max_depth: 32,

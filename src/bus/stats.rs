@@ -39,6 +39,21 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, DropReason};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let rx = bus.receiver("t")?;
+    /// // One line per reason, for a dashboard.
+    /// let drops = rx.stats().counts.dropped;
+    /// for reason in DropReason::ALL {
+    ///     println!("{}: {}", reason.as_str(), drops.get(reason));
+    /// }
+    /// assert_eq!(DropReason::ALL.iter().map(|r| drops.get(*r)).sum::<u64>(), drops.total());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub const ALL: [DropReason; 8] = [
         DropReason::Newest,
         DropReason::Oldest,

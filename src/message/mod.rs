@@ -47,6 +47,14 @@ pub enum Priority {
 
 impl Priority {
     /// Every priority, highest first (lane order).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::Priority;
+    /// let names: Vec<String> = Priority::ALL.iter().map(|p| format!("{p:?}")).collect();
+    /// assert_eq!(names, ["High", "Normal", "Low"]);
+    /// ```
     pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
 
     /// The lane index: 0 for high, 1 for normal, 2 for low.

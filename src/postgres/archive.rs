@@ -146,6 +146,15 @@ pub struct Cursor {
 
 impl Cursor {
     /// Before every row.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::postgres::Cursor;
+    /// assert_eq!(Cursor::START, Cursor::new(0, 0));
+    /// assert!(Cursor::START < "1:0".parse()?); // before every row
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub const START: Cursor = Cursor { xid: 0, seq: 0 };
 
     /// A cursor after the row written by transaction `xid` with sequence

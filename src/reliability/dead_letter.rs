@@ -50,6 +50,18 @@ pub enum DeadLetterReason {
 
 impl DeadLetterReason {
     /// Every reason, in counter order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use topicbus::{Bus, DeadLetterReason};
+    /// let bus = Bus::<u32>::builder().workers(1).build()?;
+    /// let dead = bus.stats().total.dead_lettered;
+    /// for reason in DeadLetterReason::ALL {
+    ///     println!("{}: {}", reason.as_str(), dead.get(reason));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub const ALL: [DeadLetterReason; 7] = [
         DeadLetterReason::RetriesExhausted,
         DeadLetterReason::Permanent,
