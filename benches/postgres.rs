@@ -15,6 +15,8 @@
 //!   writer (batches of 1,000 or 50 ms).
 //! - `pg_archive/adapter_unsigned`: the same with an unsigned codec (no
 //!   HMAC), on a bus and archive of its own.
+//! - `pg_archive/adapter_2_writers`: the adapter with `.writers(2)`: two
+//!   writer threads and connections taking batches from one outbox.
 //!
 //! Every sample starts from an empty archive (`TRUNCATE`, untimed), so the
 //! order of the functions does not favour the first, and writes whole
@@ -230,18 +232,20 @@ fn archive(c: &mut Criterion) {
         .expect("staging");
     let codec = codec();
     let topic = Topic::parse("orders.eu.created").expect("topic");
-    // A bus and its archive, exporting everything, with envelopes of `codec`.
-    let archived = |codec: Codec| {
+    // A bus and its archive, exporting everything, with envelopes of
+    // `codec`, written by `writers` connections.
+    let archived = |codec: Codec, writers: usize| {
         let bus = Bus::<String>::builder().workers(1).build().expect("bus");
         let archive = PgArchive::builder(db.as_str(), codec)
             .export("orders.#")
+            .writers(writers)
             .batch(BATCH, Duration::from_millis(50))
             .outbox(1 << 21, OverflowPolicy::DropOldest)
             .start(&bus)
             .expect("archive");
         (bus, archive)
     };
-    let (bus, archive) = archived(codec.clone());
+    let (bus, archive) = archived(codec.clone(), 1);
     // The day's partition exists before the raw loop runs.
     bus.publish(&topic, payload(0)).expect("publish");
     while archive.stats().archived < 1 {
@@ -297,15 +301,24 @@ fn archive(c: &mut Criterion) {
     });
     // The same with envelopes neither signed nor checked: what the HMAC
     // costs the archive (a table only trusted writers reach).
-    let (plain_bus, plain) = archived(Codec::unsigned());
+    let (plain_bus, plain) = archived(Codec::unsigned(), 1);
     g.bench_function("adapter_unsigned", |b| {
         b.iter_custom(|n| {
             empty(&mut client);
             through(&plain_bus, &topic, n, || plain.stats().archived)
         })
     });
+    // Two writer connections: one batch's COPY streams while the other's
+    // commits.
+    let (two_bus, two) = archived(codec.clone(), 2);
+    g.bench_function("adapter_2_writers", |b| {
+        b.iter_custom(|n| {
+            empty(&mut client);
+            through(&two_bus, &topic, n, || two.stats().archived)
+        })
+    });
     g.finish();
-    for a in [archive, plain] {
+    for a in [archive, plain, two] {
         let s = a.shutdown(Duration::from_secs(30));
         assert_eq!(
             (s.outbox_dropped, s.duplicates, s.unsent),

@@ -347,6 +347,81 @@ fn retention_drops_whole_partitions_past_it() {
     let (left, _, _) = read_all(&mut reader, 10);
     let payloads: Vec<&str> = left.iter().map(|m| m.payload().as_str()).collect();
     assert_eq!(payloads, ["edge", "new"]);
+    // The writer forgot the dropped partition: a late row for it makes it
+    // again instead of failing its batch on a partition it thought it had.
+    bus.publish_message(
+        Message::builder(topic("log.line"), "late".to_string())
+            .timestamp(old)
+            .build(),
+    )
+    .unwrap();
+    wait_until("the late row", || archive.stats().archived == 5);
+    let s = archive.stats();
+    assert_eq!((s.partitions_created, s.failed_writes), (4, 0), "{s:?}");
+}
+
+#[test]
+fn several_writers_share_one_outbox_and_archive_each_message_once() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let db = cluster.database();
+    let bus = bus();
+    let archive = PgArchive::builder(db.as_str(), codec())
+        .export("jobs.#")
+        .writers(3)
+        .batch(50, Duration::from_millis(5))
+        .outbox(10_000, OverflowPolicy::DropOldest)
+        .start(&bus)
+        .unwrap();
+    assert!(archive.stats().connected);
+    let named = |sql: &str| {
+        count(
+            &cluster,
+            &db,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database()
+                   AND application_name LIKE 'topicbus archive writer %' {sql}"
+            ),
+        )
+    };
+    assert_eq!(named(""), 3, "one connection per writer");
+    for i in 0..3_000u32 {
+        bus.publish(topic("jobs.new"), format!("job {i}")).unwrap();
+    }
+    wait_for(
+        "3,000 rows",
+        60,
+        || archive.stats().archived == 3_000,
+        || format!("{:?}", archive.stats()),
+    );
+    // More than one writer committed batches (a writer that never wrote
+    // still shows the statement it opened its session with).
+    assert!(named("AND query NOT LIKE 'CREATE TEMP TABLE%'") >= 2);
+    let s = archive.shutdown(Duration::from_secs(5));
+    assert_eq!(
+        (
+            s.exported,
+            s.archived,
+            s.duplicates,
+            s.unsent,
+            s.outbox_dropped
+        ),
+        (3_000, 3_000, 0, 0, 0),
+        "{s:?}"
+    );
+    assert!(s.batches >= 60 && s.failed_writes == 0, "{s:?}");
+    assert!(!s.connected, "every writer is gone");
+    let mut reader = ArchiveReader::connect(&db, codec()).unwrap();
+    let (got, _, _) = read_all(&mut reader, 500);
+    let distinct: HashSet<&str> = got.iter().map(|m| m.payload().as_str()).collect();
+    assert_eq!((got.len(), distinct.len()), (3_000, 3_000));
+    let bad = PgArchive::builder(db.as_str(), codec())
+        .export("jobs.#")
+        .writers(0)
+        .start(&bus);
+    assert!(matches!(bad, Err(PgError::Invalid(_))), "{bad:?}");
 }
 
 #[test]
