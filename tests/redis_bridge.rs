@@ -329,3 +329,57 @@ fn shutdown_reports_what_a_dead_server_kept_from_being_sent() {
     assert_eq!((s.published, s.unsent, s.exported), (0, 50, 50), "{s:?}");
     assert!(report.last_error.is_some());
 }
+
+#[test]
+fn several_writers_share_one_outbox_and_send_each_message_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (bus(), bus());
+    let sender = bridge(&server, "a")
+        .export("jobs.#")
+        .writers(3)
+        .batch(16)
+        .start(&a)
+        .unwrap();
+    let receiver = bridge(&server, "b").import("jobs.#").start(&b).unwrap();
+    wait_subscribed(&receiver);
+    let got = b
+        .receiver_with(
+            topicbus::SubscribeOptions::new()
+                .pattern("jobs.#")
+                .capacity(10_000),
+        )
+        .unwrap();
+    for i in 0..3_000u32 {
+        a.publish("jobs.new", format!("job {i}")).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 3_000 {
+        let m = recv(&got);
+        assert!(seen.insert(m.payload().clone()), "{} twice", m.payload());
+    }
+    // More than one writer sent pipelines: each is a connection whose last
+    // command was a PUBLISH.
+    let mut con = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+    let publishers = clients
+        .lines()
+        .filter(|l| l.contains("cmd=publish"))
+        .count();
+    assert!(publishers >= 2, "{clients}");
+    let report = sender.shutdown(LONG);
+    assert!(report.flushed, "{report:?}");
+    let s = report.stats;
+    assert_eq!(
+        (s.exported, s.published, s.unsent),
+        (3_000, 3_000, 0),
+        "{s:?}"
+    );
+    let bad = bridge(&server, "c").export("jobs.#").writers(0).start(&a);
+    assert!(bad.is_err());
+    drop(receiver);
+}
