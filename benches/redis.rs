@@ -4,8 +4,7 @@
 //! - `redis_out/{raw,raw_encoding,bridge}`: messages per second out to
 //!   `PUBLISH` (no subscriber): the raw client pipelining one prepared
 //!   envelope in batches of 256; the same, encoding and signing each
-//!   message first; the bridge (publish on the bus → outbox → writer);
-//!   the bridge with two writer threads (`bridge_2_writers`).
+//!   message first; the bridge (publish on the bus → outbox → writer).
 //! - `redis_stream_add/{raw,raw_encoding,producer}`: the same for `XADD`
 //!   with `MAXLEN ~`.
 //! - `redis_stream_e2e/group`: publish → `XADD` → `XREADGROUP` → local
@@ -141,24 +140,16 @@ fn out(c: &mut Criterion, group: &str, cmd: fn(&mut redis::Pipeline, &[u8])) {
     });
     let bus = bus();
     let adapter = if group == "redis_out" {
-        let mut left = 0;
-        // One writer (the default), then two writer threads and
-        // connections sharing the outbox, each on a bus of its own.
-        for (name, writers) in [("bridge", 1), ("bridge_2_writers", 2)] {
-            let bus = self::bus();
-            let bridge = RedisBridge::builder(server.url(), codec.clone())
-                .export("orders.#")
-                .writers(writers)
-                .outbox_capacity(OUTBOX)
-                .start(&bus)
-                .expect("bridge");
-            g.bench_function(name, |b| {
-                b.iter_custom(|n| through(&bus, n, || bridge.stats().published))
-            });
-            let s = bridge.shutdown(Duration::from_secs(10)).stats;
-            left += s.unsent + s.outbox_dropped;
-        }
-        left
+        let bridge = RedisBridge::builder(server.url(), codec.clone())
+            .export("orders.#")
+            .outbox_capacity(OUTBOX)
+            .start(&bus)
+            .expect("bridge");
+        g.bench_function("bridge", |b| {
+            b.iter_custom(|n| through(&bus, n, || bridge.stats().published))
+        });
+        let s = bridge.shutdown(Duration::from_secs(10)).stats;
+        s.unsent + s.outbox_dropped
     } else {
         let streams = RedisStreams::builder(server.url(), codec.clone(), "bench")
             .export("orders.#")

@@ -164,11 +164,7 @@ pub(super) struct Common {
     pub(super) backoff: Backoff,
     pub(super) io_timeout: Duration,
     pub(super) routable: bool,
-    pub(super) writers: usize,
 }
-
-/// The most writer threads an adapter takes.
-const MAX_WRITERS: usize = 64;
 
 /// The setters of [`Common`], for both builders.
 macro_rules! common_setters {
@@ -214,25 +210,6 @@ macro_rules! common_setters {
         )]
         pub fn routable(mut self) -> Self {
             self.common.routable = true;
-            self
-        }
-
-        /// Writer threads, each with its own connection, taking pipelines
-        /// from the one outbox (default 1): the envelopes of one batch are
-        /// encoded and signed while another's replies come back. The
-        /// price: batches of different writers reach Redis in either
-        /// order, so one publisher's messages may arrive out of order, and
-        /// one connection per writer.
-        ///
-        /// # Examples
-        ///
-        #[doc = concat!(
-            "```no_run\nuse topicbus::envelope::Codec;\nuse topicbus::redis::*;\nuse topicbus::Bus;\nlet bus = Bus::<String>::builder().build()?;\nlet _adapter = ",
-            $new,
-            "\n    .export(\"ticks.#\")\n    .writers(2) // throughput over arrival order\n    .start(&bus)?;\n# Ok::<(), Box<dyn std::error::Error>>(())\n```"
-        )]
-        pub fn writers(mut self, n: usize) -> Self {
-            self.common.writers = n;
             self
         }
 
@@ -351,7 +328,6 @@ impl Common {
             },
             io_timeout: Duration::from_secs(2),
             routable: false,
-            writers: 1,
         }
     }
 
@@ -378,9 +354,6 @@ impl Common {
             return Err(AdapterError::Invalid(
                 "io timeout and backoff cap must be positive",
             ));
-        }
-        if !(1..=MAX_WRITERS).contains(&self.writers) {
-            return Err(AdapterError::Invalid("writers must be from 1 to 64"));
         }
         let client = Client::open(self.url.as_str())?;
         let exports = parse(&self.export)?;
@@ -423,25 +396,21 @@ impl Common {
                 options = options.pattern(p);
             }
             let rx = Arc::new(bus.receiver_with(options)?);
-            running.outbox = Some(Arc::clone(&rx));
-            for i in 0..self.writers {
-                let writer = Writer {
-                    rx: Arc::clone(&rx),
-                    io: io.clone(),
-                    shared: Arc::clone(&shared),
-                    codec: self.codec.clone(),
-                    sink: sink.clone(),
-                    batch: self.batch,
-                    confirms: Arc::clone(&running.confirms),
-                };
-                let name = match i {
-                    0 => "topicbus-redis-out".to_owned(),
-                    i => format!("topicbus-redis-out-{i}"),
-                };
-                // On failure the writers already started stop (the outbox
-                // is new: nothing reached them).
-                running.spawn(&name, move || writer.run())?;
-            }
+            let writer = Writer {
+                rx: Arc::clone(&rx),
+                io: io.clone(),
+                shared: Arc::clone(&shared),
+                codec: self.codec.clone(),
+                sink,
+                batch: self.batch,
+                confirms: Arc::clone(&running.confirms),
+            };
+            running.outbox = Some(rx);
+            running.threads.push(
+                std::thread::Builder::new()
+                    .name("topicbus-redis-out".into())
+                    .spawn(move || writer.run())?,
+            );
         }
         bus.add_health_check(Arc::new(Health {
             shared,
