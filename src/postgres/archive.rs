@@ -812,8 +812,8 @@ impl ArchiveBuilder {
 }
 
 /// The archive: a bounded outbox on the bus (a pull subscription to the
-/// exported patterns) drained by one writer thread into
-/// `<schema>.archive`.
+/// exported patterns) drained into `<schema>.archive` by one writer thread,
+/// or several with [`ArchiveBuilder::writers`].
 ///
 /// Each batch is one transaction of binary `COPY` straight into the
 /// archive. When a row is already there (same id and time: a second writer
@@ -900,7 +900,7 @@ impl<T: Send + Sync + 'static> PgArchive<T> {
     /// The outbox as an [`Outlet`](crate::route::Outlet) for a
     /// [`Router`](crate::route::Router), when the archive has one (export
     /// patterns, or [`routable`](ArchiveBuilder::routable)). It is down
-    /// from a failed write until the writer is connected again; a
+    /// from a failed write until every writer is connected again; a
     /// confirmed message is committed in the archive.
     ///
     /// # Examples
