@@ -161,6 +161,11 @@ impl<T> std::fmt::Debug for Inbox<T> {
 
 impl<T: Send + Sync + 'static> Inbox<T> {
     /// An inbox on a fresh random `_inbox.<hex>` topic.
+    ///
+    /// # Panics
+    ///
+    /// Never: `_inbox.` and 16 hexadecimal digits always make a valid
+    /// topic (the `expect` states it).
     pub fn new() -> Arc<Self> {
         let topic = Topic::parse(&format!("_inbox.{:016x}", fastrand::u64(..)))
             .expect("`_inbox.` and 16 hex digits make a valid topic");
@@ -236,6 +241,11 @@ pub struct Waiter<T> {
 
 impl<T> Waiter<T> {
     /// Waits until the request completes (the timer guarantees it does).
+    ///
+    /// # Errors
+    ///
+    /// What completed the request instead of a reply:
+    /// [`RequestError::Timeout`], [`RequestError::Closed`].
     pub fn wait(self) -> Result<Arc<Message<T>>, RequestError> {
         let mut slot = self.pending.slot.lock();
         loop {
