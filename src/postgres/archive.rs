@@ -767,7 +767,7 @@ impl ArchiveBuilder {
                 node: out.node.clone(),
                 batch: out.batch,
                 linger: out.linger,
-                retention: (i == 0).then_some(self.retention_every),
+                retention: (i == 0 && self.retention.is_some()).then_some(self.retention_every),
                 backoff: out.backoff,
                 name: writer_name(i),
             };
@@ -1116,8 +1116,8 @@ struct Writer<T: Send + Sync + 'static> {
     node: String,
     batch: usize,
     linger: Duration,
-    /// How often this writer enforces the retention; `None` for all
-    /// writers but the first.
+    /// How often this writer enforces the retention; `None` without a
+    /// retention and for all writers but the first.
     retention: Option<Duration>,
     backoff: Backoff,
     /// Its connections' `application_name`.
@@ -1168,8 +1168,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
             if rows.is_empty() && !closed {
                 closed = self.fill(&mut rows, stopping);
             }
-            let duty = self.retention.filter(|_| self.settings.retention.is_some());
-            if let Some(every) = duty.filter(|_| Instant::now() >= next_retention) {
+            if let Some(every) = self.retention.filter(|_| Instant::now() >= next_retention) {
                 if let Some(s) = session.as_mut() {
                     match drop_expired(&mut s.client, &self.settings, SystemTime::now()) {
                         Ok(dropped) => {
