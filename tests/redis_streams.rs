@@ -454,3 +454,89 @@ fn a_killed_server_loses_nothing_the_stream_accepted() {
     assert_eq!((ps.outbox_dropped, ps.unsent), (0, 0), "{ps:?}");
     assert!(ps.reconnects + cs.reconnects >= 1, "{ps:?} {cs:?}");
 }
+
+/// The writer speaks to Redis over a connection of its own (not the `redis`
+/// crate's): the password and the database in the URL must reach it, and a
+/// wrong password must leave everything unsent, not sent somewhere else.
+#[test]
+fn the_writer_authenticates_and_selects_the_database_in_the_url() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut admin = server.connection();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .exec(&mut admin)
+        .unwrap();
+    let url = |pass: &str| format!("{}?db=3&pass={pass}", server.url());
+    let len = |con: &mut redis::Connection, db: i64| -> usize {
+        redis::cmd("SELECT").arg(db).exec(con).unwrap();
+        redis::cmd("XLEN").arg(KEY).query(con).unwrap()
+    };
+
+    produce(&url("s3cret"), 10);
+    assert_eq!(len(&mut admin, 3), 10, "in the database the URL names");
+    assert_eq!(len(&mut admin, 0), 0, "and nowhere else");
+
+    let p = bus();
+    let refused = streams(&url("wrong"), "producer")
+        .export("jobs.#")
+        .start(&p)
+        .unwrap();
+    p.publish("jobs.run", "never".to_string()).unwrap();
+    let s = refused.shutdown(Duration::from_millis(500));
+    assert_eq!((s.added, s.unsent), (0, 1), "{s:?}");
+    assert!(!s.producer_connected);
+    assert_eq!(len(&mut admin, 3), 10);
+}
+
+/// A `redis-server` on a loopback TCP port (the other tests use unix
+/// sockets), killed on drop.
+struct TcpServer(std::process::Child);
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The writer's TCP path: the same pipeline over `redis://127.0.0.1:<port>`.
+#[test]
+fn the_writer_sends_over_tcp() {
+    // Only to know that redis-server is installed (skipped loudly if not).
+    let Some(_unix) = RedisServer::start() else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("tb-redis-tcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _server = TcpServer(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("redis://127.0.0.1:{port}/");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = None;
+    wait_until("the TCP server to accept connections", || {
+        admin = client.get_connection().ok();
+        admin.is_some()
+    });
+    let mut admin = admin.unwrap();
+
+    produce(&url, 100);
+    let len: usize = redis::cmd("XLEN").arg(KEY).query(&mut admin).unwrap();
+    assert_eq!(len, 100);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -97,6 +97,9 @@ pub enum KeyError {
 #[derive(Clone)]
 pub struct KeyRing {
     signing: Arc<str>,
+    /// The signing key's MAC, kept beside the map so that signing (once
+    /// per message sent) skips the map lookup.
+    signer: HmacSha256,
     keys: HashMap<Arc<str>, HmacSha256>,
 }
 
@@ -152,9 +155,14 @@ impl KeyRing {
     pub fn new(id: &str, secret: impl AsRef<[u8]>) -> Result<Self, KeyError> {
         check_id(id)?;
         let id: Arc<str> = Arc::from(id);
+        let signer = mac(secret.as_ref())?;
         let mut keys = HashMap::new();
-        keys.insert(Arc::clone(&id), mac(secret.as_ref())?);
-        Ok(Self { signing: id, keys })
+        keys.insert(Arc::clone(&id), signer.clone());
+        Ok(Self {
+            signing: id,
+            signer,
+            keys,
+        })
     }
 
     /// Adds (or replaces) a key that verifies; the signing key stays.
@@ -178,7 +186,11 @@ impl KeyRing {
     /// ```
     pub fn with_key(mut self, id: &str, secret: impl AsRef<[u8]>) -> Result<Self, KeyError> {
         check_id(id)?;
-        self.keys.insert(Arc::from(id), mac(secret.as_ref())?);
+        let key = mac(secret.as_ref())?;
+        if *self.signing == *id {
+            self.signer = key.clone();
+        }
+        self.keys.insert(Arc::from(id), key);
         Ok(self)
     }
 
@@ -204,8 +216,9 @@ impl KeyRing {
     /// ```
     pub fn sign_with(mut self, id: &str) -> Result<Self, KeyError> {
         match self.keys.get_key_value(id) {
-            Some((k, _)) => {
+            Some((k, key)) => {
                 self.signing = Arc::clone(k);
+                self.signer = key.clone();
                 Ok(self)
             }
             None => Err(KeyError::Key {
@@ -267,9 +280,7 @@ impl KeyRing {
 
     /// A MAC keyed for signing.
     pub(crate) fn signer(&self) -> HmacSha256 {
-        // The signing id is always in the ring (new, sign_with, remove
-        // keep it so).
-        self.keys[&self.signing].clone()
+        self.signer.clone()
     }
 
     /// A MAC keyed with `id`, when the ring holds it.

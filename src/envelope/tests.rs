@@ -166,6 +166,29 @@ fn signatures_are_required_checked_and_rotated() {
 }
 
 #[test]
+fn replacing_the_signing_keys_secret_signs_with_the_new_one() {
+    let msg = Message::builder("a.b".parse().unwrap(), 1u32).build();
+    let new_secret = KeyRing::new("k1", [9u8; 32]).unwrap();
+    let replaced = Codec::signed(ring().with_key("k1", [9u8; 32]).unwrap());
+    let bytes = replaced.encode(&msg, "n").unwrap();
+    assert!(Codec::signed(new_secret).decode::<u32>(&bytes).is_ok());
+    assert!(matches!(
+        Codec::signed(ring()).decode::<u32>(&bytes),
+        Err(EnvelopeError::BadSignature { .. })
+    ));
+    // Switching back and forth keeps signer and key in step.
+    let ring2 = ring()
+        .with_key("k2", [2u8; 32])
+        .unwrap()
+        .sign_with("k2")
+        .unwrap()
+        .sign_with("k1")
+        .unwrap();
+    let bytes = Codec::signed(ring2).encode(&msg, "n").unwrap();
+    assert!(Codec::signed(ring()).decode::<u32>(&bytes).is_ok());
+}
+
+#[test]
 fn key_rings_refuse_weak_secrets_bad_ids_and_losing_the_signer() {
     assert_eq!(
         KeyRing::new("k", [0u8; 31]).unwrap_err(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ::redis::{Client, Connection};
 use serde::Serialize;
 
+use super::wire::{Reply, WireConnection, WireError};
 use super::{AdapterError, Backoff, Stop, ORIGIN_HEADER};
 use crate::bus::{HealthCheck, HealthIssue};
 use crate::envelope::Codec;
@@ -76,7 +77,7 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn failed(&self, what: &str, e: &::redis::RedisError) {
+    pub(super) fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
         *self.last_error.lock() = Some(format!("{what}: {e}"));
     }
 
@@ -644,7 +645,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
     /// and drop the copy by id.
     pub(super) fn run(self) {
         let c = &self.shared.counts;
-        let mut con: Option<Connection> = None;
+        let mut con: Option<WireConnection> = None;
         let mut pack = Pack {
             head: self.sink.head(),
             envelope: Vec::new(),
@@ -739,7 +740,7 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
     }
 
     /// A pipeline failed: drop the connection, note why, wait.
-    fn failed(&self, con: &mut Option<Connection>, e: &::redis::RedisError, failures: &mut u32) {
+    fn failed(&self, con: &mut Option<WireConnection>, e: &WireError, failures: &mut u32) {
         let c = &self.shared.counts;
         if con.take().is_some() {
             add(&c.reconnects, 1);
@@ -789,34 +790,34 @@ impl<T: Serialize + Send + Sync + 'static> Writer<T> {
 
     /// Writes the pipeline for `batch` (connecting first if need be);
     /// its replies are read by [`finish`](Self::finish).
-    fn start(&self, con: &mut Option<Connection>, batch: &Batch) -> ::redis::RedisResult<()> {
-        if con.is_none() {
-            *con = Some(self.io.connect()?);
-            self.shared
-                .counts
-                .outbound_connected
-                .store(true, Ordering::Relaxed);
-        }
-        let Some(con) = con.as_mut() else {
-            unreachable!("connected above")
+    fn start(&self, con: &mut Option<WireConnection>, batch: &Batch) -> Result<(), WireError> {
+        let con = match con {
+            Some(con) => con,
+            None => {
+                let fresh =
+                    WireConnection::connect(self.io.client.get_connection_info(), self.io.timeout)?;
+                self.shared
+                    .counts
+                    .outbound_connected
+                    .store(true, Ordering::Relaxed);
+                con.insert(fresh)
+            }
         };
-        con.send_packed_command(&batch.resp)
+        con.send(&batch.resp)
     }
 
     /// Reads the replies to the pipeline [`start`](Self::start) wrote;
     /// returns how many `PUBLISH`es reached no subscriber.
-    fn finish(&self, con: &mut Option<Connection>, batch: &Batch) -> ::redis::RedisResult<u64> {
+    fn finish(&self, con: &mut Option<WireConnection>, batch: &Batch) -> Result<u64, WireError> {
         let Some(con) = con.as_mut() else {
-            return Err(::redis::RedisError::from(std::io::Error::from(
-                std::io::ErrorKind::NotConnected,
-            )));
+            return Err(std::io::Error::from(std::io::ErrorKind::NotConnected).into());
         };
         let mut nobody = 0;
         for _ in 0..batch.commands {
             // An error reply (`LOADING` from a server still reading its
             // append-only file, say) fails the batch: the connection is
             // dropped and everything sent again.
-            if let ::redis::Value::Int(0) = con.recv_response()?.extract_error()? {
+            if let Reply::Int(0) = con.reply()? {
                 nobody += 1;
             }
         }

@@ -5,7 +5,12 @@
 //! Everything crossing Redis travels in a signed [`envelope`](crate::envelope).
 //! The adapters use the synchronous [`redis`](https://docs.rs/redis) client
 //! on threads they own: no async runtime, and a slow or absent Redis never
-//! blocks a publisher (see [`RedisBridge`]).
+//! blocks a publisher (see [`RedisBridge`]). The outbound writer, which
+//! only sends pipelines it packs itself, has a connection of its own with a
+//! reply reader that splits `:n` and `$len` replies off a buffer (the
+//! generic reply parser was 18 % of its CPU); it authenticates and selects
+//! the database from the same URL. TLS (`rediss://`) is not supported: the
+//! crate builds the `redis` client without its TLS features.
 //!
 //! # Examples
 //!
@@ -45,6 +50,7 @@ mod bridge;
 mod common;
 mod glob;
 mod streams;
+mod wire;
 
 pub(crate) use crate::adapter::{Backoff, Stop};
 
