@@ -160,7 +160,11 @@ impl WireConnection {
                 return Ok(reply);
             }
             let room = self.buf.room();
-            let n = self.stream.read(room)?;
+            let n = match self.stream.read(room) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
