@@ -245,6 +245,31 @@ mod props {
     }
 }
 
+/// Long levels that differ only in their last byte, or only in length: with
+/// hashes squeezed to two bits only the text tells them apart.
+#[test]
+fn long_levels_that_differ_in_one_byte_route_exactly() {
+    let mut m = Matcher::new();
+    m.levels.collide = true;
+    let words: Vec<String> = [20usize, 21, 22, 23, 24, 40]
+        .iter()
+        .flat_map(|&n| ["a".repeat(n), format!("{}b", "a".repeat(n - 1))])
+        .collect();
+    for (i, w) in words.iter().enumerate() {
+        m.insert(&p(&format!("s.{w}.*")), i);
+    }
+    for (i, w) in words.iter().enumerate() {
+        assert_eq!(m.matches(&t(&format!("s.{w}.x"))).as_slice(), [i], "{w}");
+    }
+    for other in [
+        "a".repeat(25),
+        "a".repeat(19),
+        format!("{}c", "a".repeat(21)),
+    ] {
+        assert!(m.matches(&t(&format!("s.{other}.x"))).is_empty(), "{other}");
+    }
+}
+
 #[test]
 fn colliding_level_hashes_still_route_exactly() {
     let mut m = Matcher::new();
