@@ -403,6 +403,66 @@ mod tests {
         }
     }
 
+    mod arbitrary {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One reply of a kind the writer can get, as the server writes it.
+        fn reply() -> impl Strategy<Value = (Vec<u8>, Reply)> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| (format!(":{n}\r\n").into_bytes(), Reply::Int(n))),
+                proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| {
+                    let mut v = format!("${}\r\n", b.len()).into_bytes();
+                    v.extend_from_slice(&b);
+                    v.extend_from_slice(b"\r\n");
+                    (v, Reply::Done)
+                }),
+                Just((b"+OK\r\n".to_vec(), Reply::Done)),
+                Just((b"$-1\r\n".to_vec(), Reply::Done)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Bytes from a broken or hostile peer: replies or a typed
+            /// error, never a panic, whatever the read sizes.
+            #[test]
+            fn any_bytes_parse_or_fail_cleanly(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                step in 1usize..64,
+            ) {
+                let mut buf = ReplyBuffer::default();
+                let mut rest = &bytes[..];
+                'feed: while !rest.is_empty() {
+                    let room = buf.room();
+                    let n = step.min(room.len()).min(rest.len());
+                    room[..n].copy_from_slice(&rest[..n]);
+                    buf.filled(n);
+                    rest = &rest[n..];
+                    loop {
+                        match buf.next() {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(_) => break 'feed,
+                        }
+                    }
+                }
+            }
+
+            /// Any sequence of well-formed replies comes back as written.
+            #[test]
+            fn well_formed_replies_round_trip(
+                sent in proptest::collection::vec(reply(), 0..40),
+                step in 1usize..200,
+            ) {
+                let wire: Vec<u8> = sent.iter().flat_map(|(b, _)| b.clone()).collect();
+                let want: Vec<Reply> = sent.iter().map(|(_, r)| *r).collect();
+                prop_assert_eq!(replies(&wire, step).expect("parses"), want);
+            }
+        }
+    }
+
     #[test]
     fn commands_pack_as_the_client_packs_them() {
         let mut out = Vec::new();
