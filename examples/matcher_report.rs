@@ -15,7 +15,15 @@
 //! ```
 //!
 //! `--callgrind <workload>` runs each of the workload's 1,024 queries once
-//! inside `measured_matches` and prints the count to divide by.
+//! inside `measured_matches` and prints the count to divide by;
+//! `--passes N` runs them N times, for a cache simulation closer to the
+//! steady state (`perf-reports/matcher.md`, 2026-12-06):
+//!
+//! ```sh
+//! valgrind --tool=callgrind --cache-sim=yes --D1=32768,8,64 --LL=1048576,16,64 \
+//!     --toggle-collect='*measured_matches*' \
+//!     target/release/examples/matcher_report --callgrind subjects_37k --passes 4
+//! ```
 //!
 //! Method (BENCHMARKING.md): the implementations run interleaved, round by
 //! round, so they share the machine's noise; every ratio is taken within one
@@ -39,6 +47,9 @@ use topicbus::Pattern;
 struct Config {
     quick: bool,
     callgrind: Option<String>,
+    /// Passes over the queries in `--callgrind` mode: one counts a cold
+    /// cache, more come close to the steady state a cache simulation needs.
+    passes: usize,
     rounds: usize,
     out: PathBuf,
 }
@@ -46,17 +57,26 @@ struct Config {
 fn config() -> Result<Config, String> {
     let mut quick = false;
     let mut callgrind = None;
+    let mut passes = 1;
     let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/perf-reports"));
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--callgrind" => callgrind = Some(args.next().ok_or("--callgrind needs a workload")?),
+            "--passes" => {
+                passes = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--passes needs a positive number")?
+            }
             "--out" => out = args.next().ok_or("--out needs a directory")?.into(),
             "-h" | "--help" => {
                 println!(
                     "usage: matcher_report [--quick] [--out DIR] \
-                     [--callgrind subjects_37k|mixed_1000|mixed_10000|mixed_100000|hash15]"
+                     [--callgrind subjects_37k|mixed_1000|mixed_10000|mixed_100000|hash15 \
+                     [--passes N]]"
                 );
                 std::process::exit(0);
             }
@@ -66,6 +86,7 @@ fn config() -> Result<Config, String> {
     Ok(Config {
         quick,
         callgrind,
+        passes,
         rounds: if quick { 3 } else { 7 },
         out,
     })
@@ -392,7 +413,7 @@ fn measured_matches(m: &topicbus::matcher::Matcher<u32>, queries: &[topicbus::To
     acc
 }
 
-fn callgrind(name: &str) -> Result<(), String> {
+fn callgrind(name: &str, passes: usize) -> Result<(), String> {
     let w = match name {
         "subjects_37k" => workload::subjects(),
         "hash15" => workload::hash15(),
@@ -402,11 +423,13 @@ fn callgrind(name: &str) -> Result<(), String> {
         },
     };
     let m = w.matcher();
-    black_box(measured_matches(&m, &w.queries));
+    for _ in 0..passes {
+        black_box(measured_matches(&m, &w.queries));
+    }
     println!(
-        "{}: {} matches inside measured_matches: divide callgrind's Ir by this",
+        "{}: {} matches inside measured_matches: divide callgrind's counts by this",
         w.name,
-        w.queries.len()
+        w.queries.len() * passes
     );
     Ok(())
 }
@@ -420,7 +443,7 @@ fn main() {
         }
     };
     if let Some(name) = &cfg.callgrind {
-        if let Err(e) = callgrind(name) {
+        if let Err(e) = callgrind(name, cfg.passes) {
             eprintln!("matcher_report: {e}");
             std::process::exit(2);
         }
