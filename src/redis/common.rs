@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ::redis::{Client, Connection};
 use serde::Serialize;
 
-use super::wire::{Reply, WireConnection, WireError};
+use super::wire::{bulk, Reply, WireConnection, WireError};
 use super::{AdapterError, Backoff, Stop, ORIGIN_HEADER};
 use crate::bus::{HealthCheck, HealthIssue};
 use crate::envelope::Codec;
@@ -563,18 +563,6 @@ impl Batch {
         self.ids.append(&mut other.ids);
         other.clear();
     }
-}
-
-/// Appends `parts`, concatenated, as one RESP bulk string.
-fn bulk(out: &mut Vec<u8>, parts: &[&[u8]]) {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    out.push(b'$');
-    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for p in parts {
-        out.extend_from_slice(p);
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 impl Sink {

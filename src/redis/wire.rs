@@ -194,12 +194,20 @@ fn pack(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.extend_from_slice(itoa::Buffer::new().format(args.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
     for arg in args {
-        out.push(b'$');
-        out.extend_from_slice(itoa::Buffer::new().format(arg.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
+        bulk(out, &[arg]);
     }
+}
+
+/// Appends `parts`, concatenated, as one RESP bulk string.
+pub(super) fn bulk(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Bytes read and not yet parsed, with the parser over them.
@@ -312,10 +320,9 @@ fn integer(line: &[u8]) -> Result<i64, WireError> {
 mod tests {
     use super::*;
 
-    /// Parses every reply in `bytes`, fed to the buffer in pieces of `step`
-    /// bytes, as reads of that size would.
-    fn replies(bytes: &[u8], step: usize) -> Result<Vec<Reply>, WireError> {
-        let mut buf = ReplyBuffer::default();
+    /// Feeds `bytes` to `buf` in pieces of `step` bytes, as reads of that
+    /// size would, parsing after each; stops at the first error.
+    fn feed(buf: &mut ReplyBuffer, bytes: &[u8], step: usize) -> Result<Vec<Reply>, WireError> {
         let mut out = Vec::new();
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -329,6 +336,14 @@ mod tests {
                 out.push(r);
             }
         }
+        Ok(out)
+    }
+
+    /// Parses every reply in `bytes`, fed in pieces of `step` bytes; every
+    /// byte must belong to a reply.
+    fn replies(bytes: &[u8], step: usize) -> Result<Vec<Reply>, WireError> {
+        let mut buf = ReplyBuffer::default();
+        let out = feed(&mut buf, bytes, step)?;
         assert!(buf.is_empty(), "every byte is parsed");
         Ok(out)
     }
@@ -432,22 +447,8 @@ mod tests {
                 bytes in proptest::collection::vec(any::<u8>(), 0..512),
                 step in 1usize..64,
             ) {
-                let mut buf = ReplyBuffer::default();
-                let mut rest = &bytes[..];
-                'feed: while !rest.is_empty() {
-                    let room = buf.room();
-                    let n = step.min(room.len()).min(rest.len());
-                    room[..n].copy_from_slice(&rest[..n]);
-                    buf.filled(n);
-                    rest = &rest[n..];
-                    loop {
-                        match buf.next() {
-                            Ok(Some(_)) => {}
-                            Ok(None) => break,
-                            Err(_) => break 'feed,
-                        }
-                    }
-                }
+                // Replies, or a typed error: both are fine; a panic fails.
+                let _ = feed(&mut ReplyBuffer::default(), &bytes, step);
             }
 
             /// Any sequence of well-formed replies comes back as written.
