@@ -135,6 +135,7 @@ mod reliability;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub mod route;
 mod sync;
+mod time;
 mod topic;
 
 pub use crate::bus::{

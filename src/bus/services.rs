@@ -47,7 +47,7 @@ impl<T> Services<T> {
     pub(crate) fn wall(&self) -> SystemTime {
         match &self.clock {
             Some(c) => c.wall(),
-            None => SystemTime::now(),
+            None => crate::time::now(),
         }
     }
 

@@ -42,12 +42,12 @@ impl IdGen {
         }
     }
 
-    /// The next id of this sequence, for a clock reading `now`.
-    pub(crate) fn next(&self, now: SystemTime) -> MessageId {
-        let ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .min(u64::MAX >> 16);
+    /// The next id of this sequence, for a clock reading of `unix_nanos`
+    /// (nanoseconds since the Unix epoch).
+    #[inline]
+    pub(crate) fn next(&self, unix_nanos: u64) -> MessageId {
+        // Below 2^48 ms until the year 10889; the shift cannot overflow.
+        let ms = unix_nanos / 1_000_000;
         use std::sync::atomic::Ordering::Relaxed;
         // Relaxed suffices: uniqueness and order come from the single
         // modification order of `last`; no other memory is published here.
@@ -96,12 +96,14 @@ impl MessageId {
     /// ```
     #[allow(clippy::new_without_default)] // a default id would be a random one: say so
     pub fn new() -> Self {
-        GLOBAL.next(SystemTime::now())
+        GLOBAL.next(crate::time::unix_nanos())
     }
 
-    /// A fresh id for a clock reading taken just now.
-    pub(crate) fn at(now: SystemTime) -> Self {
-        GLOBAL.next(now)
+    /// A fresh id for a clock reading (`crate::time::unix_nanos`) taken just
+    /// now.
+    #[inline]
+    pub(crate) fn at(unix_nanos: u64) -> Self {
+        GLOBAL.next(unix_nanos)
     }
 
     /// The id from its 128-bit value (for ids read back from storage).
@@ -295,14 +297,14 @@ mod tests {
     fn timestamp_follows_the_given_clock() {
         let ids = IdGen::new();
         let t = UNIX_EPOCH + Duration::from_millis(1_900_000_000_000);
-        let id = ids.next(t);
+        let id = ids.next(1_900_000_000_000 * 1_000_000);
         // Ids only ever move forward, so a clock in the future is honoured;
         // the id's time is that clock's millisecond (or just after it when
         // ids were taken faster than one per ~15 ns in this millisecond).
         let got = id.created_at().duration_since(t).unwrap_or_default();
         assert!(got < Duration::from_millis(2), "{got:?}");
         // A clock behind the counter never makes ids go backwards.
-        let earlier = ids.next(UNIX_EPOCH + Duration::from_millis(1));
+        let earlier = ids.next(1_000_000);
         assert!(earlier > id);
     }
 
@@ -310,7 +312,9 @@ mod tests {
     fn sequence_carries_instead_of_repeating() {
         let gen = IdGen::new();
         let t = UNIX_EPOCH + Duration::from_millis(1_950_000_000_000);
-        let ids: Vec<_> = (0..70_000).map(|_| gen.next(t)).collect();
+        let ids: Vec<_> = (0..70_000)
+            .map(|_| gen.next(1_950_000_000_000 * 1_000_000))
+            .collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let last_ms = ids[ids.len() - 1].created_at();
         assert!(last_ms > t, "70,000 ids in one millisecond borrow the next");

@@ -195,8 +195,8 @@ impl<T> Message<T> {
         let (id, timestamp) = match timestamp {
             Some(at) => (MessageId::new(), at),
             None => {
-                let now = SystemTime::now();
-                (MessageId::at(now), now)
+                let now = crate::time::unix_nanos();
+                (MessageId::at(now), crate::time::from_unix_nanos(now))
             }
         };
         Message {
@@ -881,8 +881,9 @@ impl<T> MessageBuilder<T> {
             (Some(id), Some(at)) => (id, at),
             (None, Some(at)) => (MessageId::new(), at),
             (id, None) => {
-                let now = SystemTime::now();
-                (id.unwrap_or_else(|| MessageId::at(now)), now)
+                let now = crate::time::unix_nanos();
+                let id = id.unwrap_or_else(|| MessageId::at(now));
+                (id, crate::time::from_unix_nanos(now))
             }
         };
         let expires_at = match self.expiry {

@@ -18,7 +18,10 @@ fn defaults() {
     assert_eq!((m.correlation_id(), m.causation_id()), (None, None));
     assert_eq!((m.from(), m.to(), m.reply_to()), (None, None, None));
     assert_eq!(m.attempt(), 1);
+    // Stamped by the message clock (`crate::time`), which is never behind a
+    // system clock reading taken before it.
     assert!(m.timestamp() >= before);
+    assert!(m.timestamp() <= SystemTime::now());
     // The id carries the creation millisecond.
     let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis();
     assert!(ms(m.id().created_at()) >= ms(m.timestamp()));
