@@ -399,3 +399,28 @@ pub(crate) fn hasher() -> Hasher {
         foldhash::fast::RandomState::default()
     }
 }
+
+/// The process-wide seed of [`topic_key`]: random per process (fixed under
+/// loom and fuzzing, like [`hasher`]).
+static TOPIC_KEY: std::sync::OnceLock<foldhash::fast::FixedState> = std::sync::OnceLock::new();
+
+/// A topic's key in the matcher's exact-pattern map: a seeded hash of its
+/// whole text, taken once when the text is parsed and carried by the
+/// [`Topic`](crate::Topic), so a match looks its exact patterns up without
+/// hashing. Process-wide (every matcher uses the same seed), 32 bits (it
+/// fits `Topic`'s padding; a collision costs one text comparison).
+#[inline]
+pub(crate) fn topic_key(text: &str) -> u32 {
+    use std::hash::BuildHasher;
+    let state = TOPIC_KEY.get_or_init(|| {
+        #[cfg(any(topicbus_loom, fuzzing))]
+        let seed = 0x1319_8a2e_0370_7344;
+        #[cfg(not(any(topicbus_loom, fuzzing)))]
+        let seed = foldhash::fast::RandomState::default().hash_one(0x1319_8a2e_0370_7344_u64);
+        foldhash::fast::FixedState::with_seed(seed)
+    });
+    let h = state.hash_one(text);
+    // Both halves: foldhash's high bits are as good as its low ones, and
+    // folding keeps every input bit in the key.
+    (h ^ (h >> 32)) as u32
+}

@@ -361,6 +361,9 @@ fn validate(s: &str, limits: &Limits, mode: Mode) -> Result<Scan, TopicError> {
 pub struct Topic {
     text: Arc<str>,
     depth: u32,
+    /// The text's key in the matcher's exact map (a function of the text,
+    /// so the derived comparisons stay those of the text).
+    key: u32,
 }
 
 impl Topic {
@@ -405,7 +408,14 @@ impl Topic {
             // `depth <= s.len()`, and a topic longer than u32::MAX bytes is
             // not representable in practice; saturate rather than wrap.
             depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            key: crate::sync::topic_key(s),
         })
+    }
+
+    /// The text's key in the matcher's exact-pattern map.
+    #[inline]
+    pub(crate) fn key(&self) -> u32 {
+        self.key
     }
 
     /// The topic text.

@@ -223,10 +223,10 @@ type PatternList = SmallVec<[Pattern; 1]>;
 /// ```
 #[derive(Clone)]
 pub struct Matcher<V> {
-    /// Hashes levels; a topic's hash is its level hashes folded with [`mix`],
-    /// so one pass over a topic serves the exact map and the trie.
+    /// Hashes levels for the trie walk.
     levels: LevelHash,
-    /// Exact patterns, keyed by the hash of their text.
+    /// Exact patterns, keyed by [`topic_key`](crate::sync::topic_key) of
+    /// their text (which a [`Topic`] carries).
     exact: IdMap<Bucket<Arc<[Slot<V>]>>>,
     /// Wildcard patterns; `None` when there are none, so exact-only tables
     /// skip the walk entirely.
@@ -459,22 +459,19 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
             }
         };
         let text = topic.as_str();
+        // The topic carries its exact-map key (hashed once, when parsed).
+        self.exact_match(text, self.exact_key(topic.key()), &mut emit);
         let Some(root) = self.root.as_deref() else {
-            self.exact_match(text, self.exact_key(text), &mut emit);
             return;
         };
-        // One pass over the levels: hash each once; the folded hashes are the
-        // exact map's key, and the walk reuses the hashes (and the tails their
-        // suffixes).
+        // One pass over the levels: hash each once; the walk reuses the
+        // hashes (and the tails their suffixes).
         let mut levels: ArrayVec<TopicLevel<'_>, { trie::INLINE }> = ArrayVec::new();
-        let mut full = 0u64;
         let mut inline = true;
         for (start, level) in level_spans(text) {
             let hash = self.levels.hash(level);
-            full = mix(full, hash);
             inline &= levels.try_push(span(start, level, hash)).is_ok();
         }
-        self.exact_match(text, full, &mut emit);
         if inline {
             type Inline<T> = ArrayVec<T, { trie::INLINE }>;
             let done = trie::walk::<V, Inline<_>, Inline<_>>(root, text, &levels, &mut emit);
@@ -491,10 +488,14 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
         debug_assert!(heap.is_ok(), "heap stacks never overflow");
     }
 
-    /// The exact-map key of `text`: its level hashes folded with [`mix`].
+    /// The exact-map key for a text's [`topic_key`](crate::sync::topic_key).
     #[inline]
-    fn exact_key(&self, text: &str) -> u64 {
-        level_spans(text).fold(0, |acc, (_, l)| mix(acc, self.levels.hash(l)))
+    fn exact_key(&self, key: u32) -> u64 {
+        #[cfg(test)]
+        if self.levels.collide {
+            return u64::from(key & 3);
+        }
+        u64::from(key)
     }
 
     /// Emits the slots of the exact pattern equal to `text`, if any.
@@ -542,7 +543,7 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
     fn edit_slots(&mut self, pattern: &Pattern, f: impl FnOnce(&mut Vec<Slot<V>>)) {
         if pattern.is_exact() {
             let text = pattern.as_str();
-            let key = self.exact_key(text);
+            let key = self.exact_key(crate::sync::topic_key(text));
             let bucket = self.exact.entry(key).or_default();
             edit_bucket(bucket, text, || pattern.shared_text().clone(), f);
             if bucket.is_empty() {
