@@ -298,6 +298,13 @@ impl<T> Message<T> {
 
     /// When the message was created (wall clock).
     ///
+    /// Unless set with [`MessageBuilder::timestamp`] (or by a bus with its
+    /// own [`Clock`](crate::Clock)), this is read from the CPU's time-stamp
+    /// counter, kept in step with the system clock (taken again at most
+    /// every millisecond): it is never earlier than a `SystemTime::now()`
+    /// read before the message was built, and at most about one
+    /// `clock_gettime` call (≈ 10 ns) later than one read after.
+    ///
     /// # Examples
     ///
     /// ```
