@@ -302,8 +302,9 @@ impl<T> Message<T> {
     /// own [`Clock`](crate::Clock)), this is read from the CPU's time-stamp
     /// counter, kept in step with the system clock (taken again at most
     /// every millisecond): it is never earlier than a `SystemTime::now()`
-    /// read before the message was built, and at most about one
-    /// `clock_gettime` call (≈ 10 ns) later than one read after.
+    /// read before the message was built, and later than one read after by
+    /// at most the width of the clock's last pairing with the system clock
+    /// (≈ 10 ns unless that pairing was interrupted).
     ///
     /// # Examples
     ///
