@@ -20,8 +20,12 @@
 //! counter's calibration error over one interval (here about 0.5 ppm, so
 //! under a nanosecond; measured: 1–2 µs of drift over 3 s without resyncs).
 //! Like `SystemTime::now` it is not monotonic: a resync can move it back by
-//! that error, or by a step of the system clock. Message ids stay strictly
-//! increasing regardless (their sequence is an atomic `fetch_max`).
+//! that error or by a narrower pairing's difference, or by a step of the
+//! system clock. Message ids stay strictly increasing regardless (their
+//! sequence is an atomic `fetch_max`). `quanta` uses the counter whenever
+//! the CPU reports it invariant; on a machine whose kernel distrusts it
+//! anyway (a clocksource other than `tsc`), readings taken on different
+//! cores can also differ by the cores' counter skew.
 //!
 //! Under loom the module reads `SystemTime::now` directly: the models are
 //! about the atomics of the bus, not time.

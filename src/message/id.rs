@@ -46,7 +46,8 @@ impl IdGen {
     /// (nanoseconds since the Unix epoch).
     #[inline]
     pub(crate) fn next(&self, unix_nanos: u64) -> MessageId {
-        // Below 2^48 ms until the year 10889; the shift cannot overflow.
+        // Any u64 of nanoseconds is below 2^45 ms: the shift below cannot
+        // overflow.
         let ms = unix_nanos / 1_000_000;
         use std::sync::atomic::Ordering::Relaxed;
         // Relaxed suffices: uniqueness and order come from the single
