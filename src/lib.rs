@@ -111,6 +111,8 @@
 
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// One exception, `sync/ring.rs` (the lanes' queue): benchmarked, with a
+// `// SAFETY:` note per block, loom models and AddressSanitizer runs.
 #![deny(unsafe_code)]
 
 #[cfg(any(feature = "redis", feature = "postgres"))]
@@ -178,4 +180,5 @@ pub mod __loom {
     pub use crate::mailbox::state::{AfterRun, OnPush, State};
     pub use crate::pool::{Pool, Task, TaskRef};
     pub use crate::reliability::timer::{Fire, Job, Timer};
+    pub use crate::sync::Ring;
 }

@@ -25,6 +25,28 @@ mod imp {
     pub use std::sync::Arc;
     pub use std::thread;
 
+    /// `UnsafeCell` with loom's closure-based access (`with`, `with_mut`),
+    /// so code written for loom's cell compiles unchanged against std's.
+    pub mod cell {
+        /// std's `UnsafeCell` behind loom's interface.
+        #[derive(Debug)]
+        pub struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+        impl<T> UnsafeCell<T> {
+            pub const fn new(value: T) -> Self {
+                Self(std::cell::UnsafeCell::new(value))
+            }
+            #[inline(always)]
+            pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+                f(self.0.get())
+            }
+            #[inline(always)]
+            pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+                f(self.0.get())
+            }
+        }
+    }
+
     /// A mutual-exclusion lock whose `lock` returns the guard directly.
     pub type Mutex<T> = parking_lot::Mutex<T>;
     /// The guard of [`Mutex`].
@@ -87,13 +109,13 @@ mod imp {
         }
     }
 
-    /// A bounded lock-free MPMC queue (crossbeam's `ArrayQueue`).
+    /// A bounded lock-free MPMC queue (our [`Ring`](super::Ring)).
     #[derive(Debug)]
-    pub struct BoundedQueue<T>(crossbeam_queue::ArrayQueue<T>);
+    pub struct BoundedQueue<T>(super::Ring<T>);
 
     impl<T> BoundedQueue<T> {
         pub fn new(capacity: std::num::NonZeroUsize) -> Self {
-            Self(crossbeam_queue::ArrayQueue::new(capacity.get()))
+            Self(super::Ring::new(capacity.get()))
         }
         #[inline]
         pub fn push(&self, value: T) -> Result<(), T> {
@@ -115,6 +137,12 @@ mod imp {
         #[inline]
         pub fn is_empty(&self) -> bool {
             self.0.is_empty()
+        }
+        /// True when the next pop would find a value (a hint that does
+        /// not read the producers' counter, see [`Ring::ready`](super::Ring::ready)).
+        #[inline]
+        pub fn ready(&self) -> bool {
+            self.0.ready()
         }
     }
 
@@ -160,6 +188,7 @@ mod imp {
 
 #[cfg(topicbus_loom)]
 mod imp {
+    pub use loom::cell;
     pub use loom::sync::atomic;
     pub use loom::sync::Arc;
     pub use loom::thread;
@@ -253,7 +282,10 @@ mod imp {
         }
     }
 
-    /// The loom stand-in for `ArrayQueue`: a mutex around a `VecDeque`.
+    /// The loom stand-in for the lanes' [`Ring`](super::Ring): a mutex
+    /// around a `VecDeque`. (The ring itself runs under loom in its own
+    /// models; inside the lanes' models its wait loops make the search
+    /// unbounded.)
     #[derive(Debug)]
     pub struct BoundedQueue<T> {
         queue: Mutex<std::collections::VecDeque<T>>,
@@ -297,6 +329,10 @@ mod imp {
         pub fn is_empty(&self) -> bool {
             self.lock().is_empty()
         }
+        /// Exact here: the stand-in has no half-finished push.
+        pub fn ready(&self) -> bool {
+            !self.is_empty()
+        }
     }
 
     impl<T> ArcCell<T> {
@@ -334,6 +370,10 @@ mod imp {
 }
 
 pub(crate) use imp::*;
+
+mod ring;
+#[allow(unreachable_pub)] // `pub` for the loom models (`__loom`)
+pub use ring::Ring;
 
 /// What a timed wait waits until: `deadline`, or, without one (no timeout,
 /// or one too large for the clock), a year from now. Every waiting loop

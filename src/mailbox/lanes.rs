@@ -27,10 +27,25 @@
 //! freed slot. The `a_pop_wakes_the_blocked_publisher` loom model checks the
 //! notification protocol (it fails, as a deadlock, when the notify is removed
 //! or skipped), `a_batch_release_wakes_every_blocked_publisher` the batched
-//! one. It cannot check the fence pairing itself: crossbeam's queue is
-//! opaque to loom and its stand-in is a mutex, which orders everything; the
-//! fences rest on the argument above and on the threaded tests against the
-//! real queue.
+//! one. They cannot check the fence pairing itself: in these models the
+//! lane queue is a mutex stand-in, which orders everything (the real
+//! queue, [`Ring`](crate::sync::Ring), has loom models of its own, but its
+//! wait-for-the-other-thread loops make loom's search unbounded once the
+//! lanes' blocking protocol is added on top); the fences rest on the
+//! argument above and on the threaded tests against the real queue.
+//!
+//! # Finding a message without touching the publishers' line
+//!
+//! A consumer asks each lane [`ready`](crate::sync::Ring::ready) ("does the
+//! next slot hold a message?") before it pops, and a worker polls the same
+//! question while it waits for more. Neither reads a lane's `tail`, the
+//! counter every push writes, so a worker that keeps up with a publisher
+//! does not pull that line away from it between two pushes (see the
+//! ring's docs for what that was worth). The answer is a hint: a message
+//! whose push is still finishing may be missed. Nothing relies on more:
+//! the mailbox state word (`NOTIFIED`) catches a push that lands after the
+//! worker's last look, and a pull receiver's wait pairs its fence with the
+//! stamp the push publishes.
 //!
 //! [`pop`]: Lanes::pop
 //! [`pop_quiet`]: Lanes::pop_quiet
@@ -185,6 +200,8 @@ impl<T> Lanes<T> {
 
     /// Takes the next message: the highest non-empty lane, with the
     /// starvation guard. Wakes a publisher blocked on a full lane, if any.
+    /// A message whose push is still finishing on another thread may not
+    /// be taken yet (see the module docs).
     pub fn pop(&self) -> Option<T> {
         let item = self.take();
         if item.is_some() {
@@ -238,10 +255,13 @@ impl<T> Lanes<T> {
             }
         }
         for (i, lane) in self.lanes.iter().enumerate() {
+            if !lane.ready() {
+                continue;
+            }
             if let Some(item) = lane.pop() {
                 let lower_waiting = match i {
-                    0 => !normal.is_empty() || !low.is_empty(),
-                    1 => !low.is_empty(),
+                    0 => normal.ready() || low.ready(),
+                    1 => low.ready(),
                     _ => false,
                 };
                 if lower_waiting {
@@ -262,6 +282,12 @@ impl<T> Lanes<T> {
             self.lanes[1].len(),
             self.lanes[2].len(),
         ]
+    }
+
+    /// True when some lane's next slot holds a message: a hint that does
+    /// not read the publishers' counters (see the module docs).
+    pub fn ready(&self) -> bool {
+        self.lanes.iter().any(BoundedQueue::ready)
     }
 
     /// True when every lane is empty.
