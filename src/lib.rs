@@ -147,7 +147,7 @@ pub use crate::bus::{
     Outcome, PatternArg, PublishError, Receipt, Receiver, RecvError, RecvTimeoutError, ReplayError,
     ReplaySummary, Replier, RequestError, ShutdownError, ShutdownReport, SubStats, SubscribeError,
     SubscribeOptions, Subscription, TryRecvError, WeakBus, DEFAULT_BATCH, DEFAULT_CAPACITY,
-    DEFAULT_DROP_TIMEOUT,
+    DEFAULT_DROP_TIMEOUT, MAX_CAPACITY,
 };
 pub use crate::mailbox::lanes::OverflowPolicy;
 pub use crate::message::{

@@ -16,6 +16,7 @@ use common::LONG;
 use topicbus::{
     BuildError, Bus, BusStats, Message, OverflowPolicy, Pattern, PublishError, RecvTimeoutError,
     RequestError, SubscribeError, SubscribeOptions, Topic, TopicErrorKind, DEFAULT_MAX_PAYLOAD,
+    MAX_CAPACITY,
 };
 
 fn kind(e: &PublishError) -> &TopicErrorKind {
@@ -143,6 +144,11 @@ fn bad_subscription_options_are_refused() {
     let zero_capacity =
         bus.subscribe_with(SubscribeOptions::new().pattern("ok").capacity(0), handler);
     assert!(matches!(zero_capacity, Err(SubscribeError::Options(_))));
+    let huge_capacity = bus.subscribe_with(
+        SubscribeOptions::new().pattern("ok").capacity(usize::MAX),
+        handler,
+    );
+    assert!(matches!(huge_capacity, Err(SubscribeError::Options(m)) if m.contains("MAX_CAPACITY")));
     let zero_batch = bus.subscribe_with(SubscribeOptions::new().pattern("ok").batch(0), handler);
     assert!(matches!(zero_batch, Err(SubscribeError::Options(_))));
     unchanged(&bus, &rx, &before);
@@ -237,6 +243,10 @@ fn bad_bus_configurations_are_refused() {
     assert!(matches!(zero_workers, Err(BuildError::Config(_))));
     let zero_capacity = Bus::<u8>::builder().capacity(0).build();
     assert!(matches!(zero_capacity, Err(BuildError::Config(_))));
+    for huge in [MAX_CAPACITY + 1, usize::MAX] {
+        let built = Bus::<u8>::builder().capacity(huge).build();
+        assert!(matches!(built, Err(BuildError::Config(m)) if m.contains("MAX_CAPACITY")));
+    }
     let zero_batch = Bus::<u8>::builder().batch(0).build();
     assert!(matches!(zero_batch, Err(BuildError::Config(_))));
     // A blocking overflow policy with a zero timeout is a valid, if strict,

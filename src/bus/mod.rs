@@ -189,6 +189,21 @@ const CLOSED: u8 = 3;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub const DEFAULT_CAPACITY: usize = 1024;
+
+/// The largest lane capacity a bus or subscription accepts (2^24 messages
+/// per lane). A lane allocates its slots up front, 16 bytes or more each,
+/// so the three lanes of one subscription at this capacity take 768 MiB;
+/// a larger value is refused with a typed error instead of failing the
+/// allocation.
+///
+/// # Examples
+///
+/// ```
+/// use topicbus::{Bus, BuildError, MAX_CAPACITY};
+/// let too_big = Bus::<u32>::builder().capacity(MAX_CAPACITY + 1).build();
+/// assert!(matches!(too_big, Err(BuildError::Config(_))));
+/// ```
+pub const MAX_CAPACITY: usize = 1 << 24;
 /// The default number of messages a worker handles per turn.
 ///
 /// # Examples
@@ -311,7 +326,8 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
         self
     }
 
-    /// Default lane capacity of each subscription (default 1,024 per lane).
+    /// Default lane capacity of each subscription (default 1,024 per lane;
+    /// at most [`MAX_CAPACITY`], checked by [`build`](Self::build)).
     ///
     /// # Examples
     ///
@@ -835,7 +851,8 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     ///
     /// # Errors
     ///
-    /// [`BuildError::Config`] for a zero capacity, batch or worker count;
+    /// [`BuildError::Config`] for a zero capacity, batch or worker count, or
+    /// a capacity above [`MAX_CAPACITY`];
     /// [`BuildError::Spawn`] when a worker thread cannot start.
     ///
     /// # Examples
@@ -850,6 +867,11 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     pub fn build(self) -> Result<Bus<T>, BuildError> {
         let capacity = NonZeroUsize::new(self.capacity)
             .ok_or(BuildError::Config("capacity must be at least 1"))?;
+        if capacity.get() > MAX_CAPACITY {
+            return Err(BuildError::Config(
+                "capacity must be at most MAX_CAPACITY (16,777,216)",
+            ));
+        }
         if self.batch == 0 {
             return Err(BuildError::Config("batch must be at least 1"));
         }
@@ -2333,6 +2355,11 @@ impl<T: Send + Sync + 'static> Inner<T> {
         let capacity = options
             .lane_capacity(self.capacity)
             .ok_or(SubscribeError::Options("capacity must be at least 1"))?;
+        if capacity.get() > MAX_CAPACITY {
+            return Err(SubscribeError::Options(
+                "capacity must be at most MAX_CAPACITY (16,777,216)",
+            ));
+        }
         let batch = options.batch.unwrap_or(self.batch);
         if batch == 0 {
             return Err(SubscribeError::Options("batch must be at least 1"));

@@ -214,7 +214,9 @@ impl SubscribeOptions {
     }
 
     /// Messages each lane (high, normal, low) holds before the overflow
-    /// policy applies.
+    /// policy applies: 1 to [`MAX_CAPACITY`](crate::MAX_CAPACITY), checked
+    /// when subscribing ([`SubscribeError::Options`](crate::SubscribeError::Options)
+    /// otherwise).
     ///
     /// # Examples
     ///

@@ -97,7 +97,9 @@ impl<T> Ring<T> {
     /// # Panics
     ///
     /// When `capacity` is zero or above `usize::MAX / 2` (it could not be
-    /// allocated anyway).
+    /// allocated anyway). The bus never asks for either: lane capacities
+    /// are checked against 1 and [`MAX_CAPACITY`](crate::MAX_CAPACITY)
+    /// with a typed error first.
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0, "a ring needs room for one value");
         let one_lap = capacity
