@@ -16,8 +16,9 @@
 //! back: a cross-core transfer per message, on the publisher's critical
 //! path. `ready` reads the slot the next pop reads anyway and never the
 //! tail, so a polling worker costs the publisher nothing extra. Measured:
-//! 1 publisher → 1 callback subscriber went from 4.3–4.4 to 6.1–6.3 M msgs/s
-//! (medians of 24 alternating runs, `perf-reports/bus.md`, 2026-12-07).
+//! 1 publisher → 1 callback subscriber went from 3.5–4.4 to 5.8–6.2 M
+//! msgs/s (criterion, three alternating rounds against the crossbeam
+//! version; `perf-reports/bus.md`, 2026-12-07).
 //!
 //! # Positions and stamps
 //!
