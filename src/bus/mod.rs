@@ -204,6 +204,18 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 /// assert!(matches!(too_big, Err(BuildError::Config(_))));
 /// ```
 pub const MAX_CAPACITY: usize = 1 << 24;
+
+/// A lane capacity within `1..=MAX_CAPACITY`, or why not (the bus's
+/// default and a subscription's own are checked alike).
+pub(crate) fn checked_capacity(capacity: usize) -> Result<NonZeroUsize, &'static str> {
+    match NonZeroUsize::new(capacity) {
+        None => Err("capacity must be at least 1"),
+        Some(c) if c.get() > MAX_CAPACITY => {
+            Err("capacity must be at most MAX_CAPACITY (16,777,216)")
+        }
+        Some(c) => Ok(c),
+    }
+}
 /// The default number of messages a worker handles per turn.
 ///
 /// # Examples
@@ -865,13 +877,7 @@ impl<T: Send + Sync + 'static> BusBuilder<T> {
     /// # Ok::<(), BuildError>(())
     /// ```
     pub fn build(self) -> Result<Bus<T>, BuildError> {
-        let capacity = NonZeroUsize::new(self.capacity)
-            .ok_or(BuildError::Config("capacity must be at least 1"))?;
-        if capacity.get() > MAX_CAPACITY {
-            return Err(BuildError::Config(
-                "capacity must be at most MAX_CAPACITY (16,777,216)",
-            ));
-        }
+        let capacity = checked_capacity(self.capacity).map_err(BuildError::Config)?;
         if self.batch == 0 {
             return Err(BuildError::Config("batch must be at least 1"));
         }
@@ -2354,12 +2360,7 @@ impl<T: Send + Sync + 'static> Inner<T> {
         }
         let capacity = options
             .lane_capacity(self.capacity)
-            .ok_or(SubscribeError::Options("capacity must be at least 1"))?;
-        if capacity.get() > MAX_CAPACITY {
-            return Err(SubscribeError::Options(
-                "capacity must be at most MAX_CAPACITY (16,777,216)",
-            ));
-        }
+            .map_err(SubscribeError::Options)?;
         let batch = options.batch.unwrap_or(self.batch);
         if batch == 0 {
             return Err(SubscribeError::Options("batch must be at least 1"));

@@ -731,12 +731,12 @@ impl SubscribeOptions {
             .collect()
     }
 
-    /// The lane capacity, checked.
-    pub(crate) fn lane_capacity(&self, default: NonZeroUsize) -> Option<NonZeroUsize> {
-        match self.capacity {
-            None => Some(default),
-            Some(c) => NonZeroUsize::new(c),
-        }
+    /// The lane capacity, checked (the bus's default already was).
+    pub(crate) fn lane_capacity(
+        &self,
+        default: NonZeroUsize,
+    ) -> Result<NonZeroUsize, &'static str> {
+        self.capacity.map_or(Ok(default), super::checked_capacity)
     }
 }
 

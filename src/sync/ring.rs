@@ -176,22 +176,21 @@ impl<T> Ring<T> {
             let stamp = slot.stamp.load(Ordering::Acquire);
             let next = self.next(tail);
             if stamp == tail {
-                // The slot waits for this push: claim the position.
-                match self.tail.0.compare_exchange_weak(
+                // The slot waits for this push: claim the position (a
+                // claim lost to another push looks again below).
+                let claim = self.tail.0.compare_exchange_weak(
                     tail,
                     next,
                     Ordering::SeqCst,
                     Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        // SAFETY: our CAS claimed position `tail`; its slot
-                        // is empty (stamp == tail) and no other thread
-                        // touches the value until we publish the stamp.
-                        slot.value.with_mut(|v| unsafe { (*v).write(value) });
-                        slot.stamp.store(tail.wrapping_add(1), Ordering::Release);
-                        return Pushed::In;
-                    }
-                    Err(now) => tail = now,
+                );
+                if claim.is_ok() {
+                    // SAFETY: our CAS claimed position `tail`; its slot is
+                    // empty (stamp == tail) and no other thread touches the
+                    // value until we publish the stamp.
+                    slot.value.with_mut(|v| unsafe { (*v).write(value) });
+                    slot.stamp.store(tail.wrapping_add(1), Ordering::Release);
+                    return Pushed::In;
                 }
             } else if stamp.wrapping_add(self.one_lap) == tail.wrapping_add(1) {
                 // The slot still holds the previous lap's value: full,
@@ -226,13 +225,11 @@ impl<T> Ring<T> {
                         return Pushed::Evicted(unsafe { old.assume_init() });
                     }
                 }
-                std::hint::spin_loop();
-                tail = self.tail.0.load(Ordering::Relaxed);
-            } else {
-                // Another thread is mid-operation on this slot.
-                std::hint::spin_loop();
-                tail = self.tail.0.load(Ordering::Relaxed);
             }
+            // Not ours yet: a claim lost its race, the ring stopped being
+            // full, or another thread is mid-operation on this slot.
+            std::hint::spin_loop();
+            tail = self.tail.0.load(Ordering::Relaxed);
             #[cfg(topicbus_loom)]
             loom::thread::yield_now();
         }
@@ -246,24 +243,23 @@ impl<T> Ring<T> {
             let slot = self.slot(head);
             let stamp = slot.stamp.load(Ordering::Acquire);
             if stamp == head.wrapping_add(1) {
-                // The slot holds the value pushed at `head`: claim it.
-                match self.head.0.compare_exchange_weak(
+                // The slot holds the value pushed at `head`: claim it (a
+                // claim lost to another pop looks again below).
+                let claim = self.head.0.compare_exchange_weak(
                     head,
                     self.next(head),
                     Ordering::SeqCst,
                     Ordering::Relaxed,
-                ) {
-                    Ok(_) => {
-                        // SAFETY: our CAS claimed the pop of position
-                        // `head`; the stamp (Acquire) says the value was
-                        // written, and no other thread touches the slot
-                        // until we hand it to the next lap's push.
-                        let value = slot.value.with(|v| unsafe { (*v).assume_init_read() });
-                        slot.stamp
-                            .store(head.wrapping_add(self.one_lap), Ordering::Release);
-                        return Some(value);
-                    }
-                    Err(now) => head = now,
+                );
+                if claim.is_ok() {
+                    // SAFETY: our CAS claimed the pop of position `head`;
+                    // the stamp (Acquire) says the value was written, and
+                    // no other thread touches the slot until we hand it to
+                    // the next lap's push.
+                    let value = slot.value.with(|v| unsafe { (*v).assume_init_read() });
+                    slot.stamp
+                        .store(head.wrapping_add(self.one_lap), Ordering::Release);
+                    return Some(value);
                 }
             } else if stamp == head {
                 // The slot waits for this lap's push: empty, unless a push
@@ -272,13 +268,11 @@ impl<T> Ring<T> {
                 if self.tail.0.load(Ordering::Relaxed) == head {
                     return None;
                 }
-                std::hint::spin_loop();
-                head = self.head.0.load(Ordering::Relaxed);
-            } else {
-                // Another thread is mid-operation on this slot.
-                std::hint::spin_loop();
-                head = self.head.0.load(Ordering::Relaxed);
             }
+            // Not ours yet: a claim lost its race, a push is still writing
+            // this slot, or another thread is mid-operation on it.
+            std::hint::spin_loop();
+            head = self.head.0.load(Ordering::Relaxed);
             #[cfg(topicbus_loom)]
             loom::thread::yield_now();
         }
