@@ -440,6 +440,23 @@ pub(crate) fn hasher() -> Hasher {
     }
 }
 
+/// The process-wide seed of the matcher's hash tables keyed by level keys
+/// and topic keys (random per process; fixed under loom and fuzzing).
+#[inline]
+pub(crate) fn table_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        #[cfg(any(topicbus_loom, fuzzing))]
+        let seed = 0xa409_3822_299f_31d0;
+        #[cfg(not(any(topicbus_loom, fuzzing)))]
+        let seed = {
+            use std::hash::BuildHasher;
+            foldhash::fast::RandomState::default().hash_one(0xa409_3822_299f_31d0_u64)
+        };
+        seed
+    })
+}
+
 /// The process-wide seed of [`topic_key`]: random per process (fixed under
 /// loom and fuzzing, like [`hasher`]).
 static TOPIC_KEY: std::sync::OnceLock<foldhash::fast::FixedState> = std::sync::OnceLock::new();

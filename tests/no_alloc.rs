@@ -108,6 +108,28 @@ fn matching_allocates_nothing() {
 }
 
 #[test]
+fn many_states_over_many_levels_allocate_nothing() {
+    // Twelve patterns `a.a.….*.….a`, one `*` each: after level d of the
+    // topic `a` × 12, d + 1 literal states are live. 78 states over the walk
+    // in all, never more than 12 at once: the walk must reuse its inline
+    // buffer rather than grow it.
+    const DEPTH: usize = 12;
+    let mut m = Matcher::new();
+    for star in 0..DEPTH {
+        let levels: Vec<&str> = (0..DEPTH)
+            .map(|i| if i == star { "*" } else { "a" })
+            .collect();
+        m.insert(&Pattern::parse(&levels.join(".")).unwrap(), star);
+    }
+    let topic = Topic::parse(&["a"; DEPTH].join(".")).unwrap();
+    let mut hits = Vec::with_capacity(DEPTH);
+    let allocs = allocations_during(|| m.for_each_match(&topic, |v| hits.push(*v)));
+    hits.sort_unstable();
+    assert_eq!(hits, (0..DEPTH).collect::<Vec<_>>());
+    assert_eq!(allocs, 0);
+}
+
+#[test]
 fn registry_load_and_match_allocate_nothing() {
     let reg = Registry::new();
     let patterns = [

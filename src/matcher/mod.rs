@@ -5,7 +5,8 @@
 //! usable on its own.
 //!
 //! - **Exact patterns** (no wildcard) live in a persistent hash map keyed by
-//!   the topic's level hashes folded together: one probe, whatever their number.
+//!   the hash a [`Topic`] carries from parsing: one probe, whatever their
+//!   number.
 //! - **Wildcard patterns** live in a trie walked level by level as an NFA with
 //!   deduplicated state sets (see the `trie` module's docs): the cost grows with
 //!   the topic depth and the number of live wildcard states, not with the
@@ -13,8 +14,10 @@
 //!   all-literal *tail* after a pattern's last `#` (`#.error`,
 //!   `orders.#.failed`) is looked up once at the end of the topic instead of
 //!   being walked at every level.
-//! - **One hash per level**: each topic level is hashed once per match; the
-//!   exact map, every child lookup and every tail lookup reuse it.
+//! - **One key per level**: the topic is split into levels a word (8 bytes)
+//!   at a time, and each level gets one key, which every child and tail
+//!   lookup reuses. A level of at most 7 bytes is its own key (no hashing,
+//!   and no text comparison when it is found); a longer one is hashed once.
 //! - **Results are deduplicated per value**: a value registered under several
 //!   matching patterns is reported once. Only values registered under more
 //!   than one pattern are ever compared, so dedup is free in the common case.
@@ -46,6 +49,7 @@
 //! # Ok::<(), topicbus::TopicError>(())
 //! ```
 
+mod table;
 mod trie;
 
 use std::fmt;
@@ -62,7 +66,7 @@ use trie::{Node, TopicLevel};
 
 /// One topic level, for the walk.
 #[inline]
-fn span(start: usize, word: &str, hash: u64) -> TopicLevel<'_> {
+fn span(start: usize, word: &[u8], hash: u64) -> TopicLevel<'_> {
     TopicLevel { word, hash, start }
 }
 
@@ -71,19 +75,33 @@ pub(crate) type PMap<K, V> =
     imbl::GenericHashMap<K, V, crate::sync::Hasher, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// A persistent hash map keyed by an already computed (seeded) hash.
-type IdMap<V> = imbl::GenericHashMap<
-    u64,
-    V,
-    std::hash::BuildHasherDefault<IdHasher>,
-    imbl::shared_ptr::DefaultSharedPtr,
->;
+type IdMap<V> = imbl::GenericHashMap<u64, V, IdState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// Entries whose keys share one hash (almost always exactly one).
 type Bucket<T> = SmallVec<[(Arc<str>, T); 1]>;
 
-/// Passes a `u64` key through: the keys of an [`IdMap`] are seeded hashes
-/// already.
-#[derive(Default)]
+/// Builds [`IdHasher`]s with the process's table seed.
+#[derive(Clone, Copy)]
+pub(crate) struct IdState(u64);
+
+impl Default for IdState {
+    fn default() -> Self {
+        Self(crate::sync::table_seed())
+    }
+}
+
+impl std::hash::BuildHasher for IdState {
+    type Hasher = IdHasher;
+    #[inline]
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
+
+/// Hashes a `u64` key that is already a level key or a seeded hash into a
+/// table index: one seeded folded multiply, so the raw bytes of short-level
+/// keys (see [`LevelHash`]) spread over the table and the slots they take
+/// cannot be predicted from outside the process.
 pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
@@ -93,7 +111,8 @@ impl std::hash::Hasher for IdHasher {
     }
     #[inline]
     fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        let p = u128::from(n ^ self.0) * u128::from(MIX);
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
     }
     fn write(&mut self, bytes: &[u8]) {
         // Only `u64` keys are hashed; fold anything else in for completeness.
@@ -112,47 +131,106 @@ fn mix(acc: u64, level: u64) -> u64 {
     (acc ^ level).wrapping_mul(MIX).rotate_left(31)
 }
 
-/// The seeded hash of one level, shared by every node of a matcher.
+/// The keys of levels, shared by every node of a matcher.
+///
+/// A level of at most 7 bytes is its own key: its bytes shifted up one byte,
+/// with twice its length in the low byte. Equal keys then mean equal levels,
+/// so matching compares no text for them (most levels are that short). A
+/// longer level's key is a seeded hash with the low bit set; equal keys are
+/// confirmed by comparing the text. The two kinds never collide (the low bit).
 #[derive(Clone)]
 struct LevelHash {
     state: crate::sync::Hasher,
-    /// Tests only: squeeze hashes into 2 bits so nearly every lookup goes
-    /// through the collision buckets.
+    /// Tests only: squeeze every key into four hashes so nearly every lookup
+    /// goes through text comparisons and collision buckets.
     #[cfg(test)]
     collide: bool,
 }
 
-impl LevelHash {
-    #[inline]
-    fn hash(&self, level: &str) -> u64 {
-        let h = self.state.hash_one(level);
-        #[cfg(test)]
-        if self.collide {
-            return h & 3;
-        }
-        h
+/// True when `key` is the level itself, so equal keys need no text check.
+#[inline(always)]
+fn key_is_level(key: u64) -> bool {
+    key & 1 == 0
+}
+
+/// The bytes `text[start..start + len]` (`len <= 7`) as a little-endian
+/// word, loaded 8 bytes at a time where the text allows it.
+#[inline(always)]
+fn read_short(text: &[u8], start: usize, len: usize) -> u64 {
+    let mask = (1u64 << (8 * len)) - 1;
+    if let Some(w) = text.get(start..start + 8) {
+        u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) & mask
+    } else if let Some(w) = text.len().checked_sub(8).and_then(|at| text.get(at..)) {
+        // The last 8 bytes, shifted so that `start` comes first.
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        (w >> (8 * (start + 8 - text.len()))) & mask
+    } else {
+        text[start..start + len]
+            .iter()
+            .rev()
+            .fold(0, |acc, &b| (acc << 8) | u64::from(b))
     }
 }
 
-/// The levels of a validated topic or pattern with their byte offsets: a
-/// plain byte loop, cheaper than `str::split` for the short strings topics are.
-#[inline]
-fn level_spans(s: &str) -> impl Iterator<Item = (usize, &str)> {
-    let mut start = Some(0usize);
-    std::iter::from_fn(move || {
-        let at = start?;
-        let rest = &s[at..];
-        match rest.bytes().position(|b| b == b'.') {
-            Some(i) => {
-                start = Some(at + i + 1);
-                Some((at, &rest[..i]))
-            }
-            None => {
-                start = None;
-                Some((at, rest))
-            }
+impl LevelHash {
+    /// The key of the level `text[start..end]`.
+    #[inline(always)]
+    fn key(&self, text: &[u8], start: usize, end: usize) -> u64 {
+        let len = end - start;
+        #[cfg(test)]
+        if self.collide {
+            return ((self.state.hash_one(&text[start..end]) & 3) << 1) | 1;
         }
-    })
+        if len <= 7 {
+            (read_short(text, start, len) << 8) | ((len as u64) << 1)
+        } else {
+            self.state.hash_one(&text[start..end]) | 1
+        }
+    }
+}
+
+/// Calls `f(start, end)` with the byte range of every level of the topic
+/// text `s`, in order.
+///
+/// Word at a time: each 8-byte chunk yields a mask of its `.` bytes (exact,
+/// no carries between bytes), so a level costs one call, not a loop step per
+/// byte. Topics are validated, so levels are never empty and `.` is always a
+/// separator.
+#[inline(always)]
+fn for_each_level(s: &[u8], mut f: impl FnMut(usize, usize)) {
+    /// The high bit of every byte of `w` that is `.`, and nothing else.
+    #[inline(always)]
+    fn dots(w: u64) -> u64 {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        let x = w ^ 0x2e2e_2e2e_2e2e_2e2e;
+        // A byte of `x` is zero exactly where `w` has a `.`; adding 0x7f to
+        // its low seven bits sets its high bit iff one of them is set, and
+        // never carries into the next byte.
+        !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+    }
+    let mut start = 0;
+    let mut emit = |base: usize, mut mask: u64, start: &mut usize| {
+        while mask != 0 {
+            let at = base + (mask.trailing_zeros() / 8) as usize;
+            f(*start, at);
+            *start = at + 1;
+            mask &= mask - 1;
+        }
+    };
+    let chunks = s.chunks_exact(8);
+    let rest = chunks.remainder();
+    let mut base = 0;
+    for chunk in chunks {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        emit(base, dots(w), &mut start);
+        base += 8;
+    }
+    if !rest.is_empty() {
+        let mut buf = [0u8; 8];
+        buf[..rest.len()].copy_from_slice(rest);
+        emit(base, dots(u64::from_le_bytes(buf)), &mut start);
+    }
+    f(start, s.len());
 }
 
 /// Applies `f` to the slots stored under `text` in `bucket`, adding the entry
@@ -468,23 +546,32 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
         // hashes (and the tails their suffixes).
         let mut levels: ArrayVec<TopicLevel<'_>, { trie::INLINE }> = ArrayVec::new();
         let mut inline = true;
-        for (start, level) in level_spans(text) {
-            let hash = self.levels.hash(level);
-            inline &= levels.try_push(span(start, level, hash)).is_ok();
-        }
+        for_each_level(text.as_bytes(), |start, end| {
+            let word = &text.as_bytes()[start..end];
+            let hash = self.levels.key(text.as_bytes(), start, end);
+            inline &= levels.try_push(span(start, word, hash)).is_ok();
+        });
         if inline {
             type Inline<T> = ArrayVec<T, { trie::INLINE }>;
-            let done = trie::walk::<V, Inline<_>, Inline<_>>(root, text, &levels, &mut emit);
+            type Lit<T> = ArrayVec<T, { trie::STATES }>;
+            let done =
+                trie::walk::<V, Lit<_>, Inline<_>, Inline<_>>(root, text, &levels, &mut emit);
             if done.is_ok() {
                 return;
             }
         }
         // A topic deeper than the inline level array, or more live states
         // than the inline sets hold: the one allocating path (see `trie`).
-        let levels: Vec<TopicLevel<'_>> = level_spans(text)
-            .map(|(start, level)| span(start, level, self.levels.hash(level)))
-            .collect();
-        let heap = trie::walk::<V, Vec<_>, Vec<_>>(root, text, &levels, &mut emit);
+        let mut levels: Vec<TopicLevel<'_>> = Vec::new();
+        for_each_level(text.as_bytes(), |start, end| {
+            let word = &text.as_bytes()[start..end];
+            levels.push(span(
+                start,
+                word,
+                self.levels.key(text.as_bytes(), start, end),
+            ));
+        });
+        let heap = trie::walk::<V, Vec<_>, Vec<_>, Vec<_>>(root, text, &levels, &mut emit);
         debug_assert!(heap.is_ok(), "heap stacks never overflow");
     }
 
@@ -551,7 +638,7 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
             }
         } else {
             let levels = self.levels.clone();
-            let hash = |l: &str| levels.hash(l);
+            let hash = |l: &str| levels.key(l.as_bytes(), 0, l.len());
             let path: SmallVec<[Level<'_>; 8]> = pattern.levels().collect();
             let root = self.root.get_or_insert_with(|| Arc::new(Node::empty()));
             if Node::edit(root, &path, false, &hash, f) {

@@ -2,24 +2,30 @@
 //!
 //! # Shape
 //!
-//! A node has literal children keyed by level (a small vector for up to
-//! [`SMALL_MAX`] children, a flat hash table beyond), an optional `*` child,
-//! an optional `#` child, the value slots of the patterns that end there and,
-//! on nodes reached through a `#` edge, a table of *tails*. Nodes are shared
-//! between matcher versions through `Arc`; an edit copies only the nodes on the
-//! path from the root to the edited node (`Arc::make_mut`), plus the child
-//! table of a copied wide node.
+//! A node has literal children keyed by level key (a small vector for up to
+//! [`SMALL_MAX`] children, an open-addressing [`KeyTable`] beyond), an
+//! optional `*` child, an optional `#` child, the value slots of the patterns
+//! that end there and, on nodes reached through a `#` edge, a table of
+//! *tails*. Nodes are shared between matcher versions through `Arc`; an edit
+//! copies only the nodes on the path from the root to the edited node
+//! (`Arc::make_mut`), with the child table of a copied wide node and the tail
+//! table of an edited `#` node.
+//!
+//! A level's key is the level itself when it is at most 7 bytes long (see
+//! `LevelHash`), so a child found by key needs no text comparison; only
+//! longer levels are confirmed against the child's stored text.
 //!
 //! # Tails
 //!
 //! Most patterns with a `#` end in literal levels after it (`#.error`,
 //! `orders.#.failed`, `#.eu.created`). Walked level by level, such a tail
 //! costs a child lookup at every level its `#` is live at. Instead, a `#` node
-//! keeps its all-literal tails in a hash table keyed by their level hashes
-//! folded with `mix` from the last level backwards (so one backward pass over
-//! the topic yields every suffix's key), and the walk looks them up once per
-//! distinct tail length, at the end of the topic, for the suffix that starts
-//! after the `#` was entered. Tails that contain a wildcard stay in the trie.
+//! keeps its all-literal tails in a table keyed by their level keys folded
+//! with `mix` from the last level backwards, and the walk looks them up once
+//! per distinct tail length, at the end of the topic, for the suffix that
+//! starts after the `#` was entered. A tail of one or two short levels is
+//! confirmed by its level keys; any other by its text. Tails that contain a
+//! wildcard stay in the trie.
 //!
 //! # Matching: a level-synchronous NFA
 //!
@@ -31,6 +37,12 @@
 //!   number of levels), so it is kept once, from its first (smallest) entry
 //!   level on.
 //!
+//! The literal states of consecutive levels share one buffer: the next
+//! level's are appended behind the current level's, which move to the front
+//! only when the buffer fills, so a level costs no copying. `#` states that
+//! have edges are also kept in a list of their own, `walkers`: only they can
+//! consume a level, and most `#` states have none (`orders.#`, `#.error`).
+//!
 //! Only `#` nodes can be reached twice (through their own self-loop and again
 //! through their parent), and `active` is deduplicated, so by induction every
 //! state set is duplicate-free: distinct parents have distinct children, and a
@@ -39,13 +51,13 @@
 //! the pathological pattern `#.#.…` (15 `#`) against 31 levels stays at a few
 //! hundred steps instead of the exponential count a backtracking walk takes.
 
-use std::collections::hash_map::Entry;
 use std::ptr;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::{edit_bucket, mix, Bucket, Slot};
+use super::table::KeyTable;
+use super::{key_is_level, mix, Slot};
 use crate::topic::Level;
 
 /// Children up to this count live in a vector searched linearly (by hash
@@ -53,9 +65,6 @@ use crate::topic::Level;
 pub(super) const SMALL_MAX: usize = 8;
 /// A table shrinks back to a vector at this count (hysteresis).
 const SMALL_BACK: usize = SMALL_MAX / 2;
-
-/// A flat hash table keyed by an already computed level hash.
-type FlatMap<T> = std::collections::HashMap<u64, T, std::hash::BuildHasherDefault<super::IdHasher>>;
 
 /// One trie node.
 #[derive(Clone)]
@@ -72,100 +81,49 @@ pub(super) struct Node<V> {
     edges: bool,
 }
 
-/// Literal children of a node, found by the level's hash (computed once per
-/// level of the topic being matched) and confirmed by comparing the text.
+/// A literal child: its level's text (compared only for levels longer than
+/// 7 bytes, whose keys are hashes) and its node.
+type Child<V> = (Arc<str>, Arc<Node<V>>);
+
+/// Literal children of a node, found by the level's key (computed once per
+/// level of the topic being matched).
+///
+/// A wide node's table is copied whole when a shared version is edited
+/// (O(fanout)) in exchange for one-probe lookups with no pointer to follow
+/// before the slots.
 #[derive(Clone)]
 enum Children<V> {
     Small(Vec<(u64, Arc<str>, Arc<Node<V>>)>),
-    Wide(Arc<Wide<V>>),
+    Wide(KeyTable<Child<V>>),
 }
 
-/// The children of a wide node: a flat table keyed by level hash, copied whole
-/// when a shared version is edited (O(fanout)) in exchange for one-probe
-/// lookups. A level whose 64-bit hash is already taken by another level (a
-/// collision: practically never, but possible) goes to `collided`, which a
-/// lookup scans only when the table's entry for its hash has other text.
+/// One all-literal tail: the levels after a `#` to the end of a pattern.
 #[derive(Clone)]
-struct Wide<V> {
-    table: FlatMap<(Arc<str>, Arc<Node<V>>)>,
-    collided: Vec<(u64, Arc<str>, Arc<Node<V>>)>,
+struct Tail<V> {
+    /// The tail's levels joined by `.`, compared when a key is a hash.
+    text: Arc<str>,
+    /// The keys of the first two levels (the rest are 0).
+    keys: [u64; 2],
+    /// The tail has at most two levels, each at most 7 bytes long: equal
+    /// keys then prove equal text, and the text is not read.
+    exact: bool,
+    /// The number of levels.
+    len: u8,
+    slots: Arc<[Slot<V>]>,
 }
 
-/// The literal tails of one `#` node, keyed by the folded hash of their levels.
+/// The literal tails of one `#` node, keyed by the folded keys of their levels.
 #[derive(Clone)]
 struct Tails<V> {
     /// Distinct tail lengths in levels, each with how many tails have it.
     lens: SmallVec<[(usize, usize); 2]>,
-    table: FlatMap<Bucket<Arc<[Slot<V>]>>>,
+    table: KeyTable<Tail<V>>,
 }
 
-impl<V> Wide<V> {
-    fn new() -> Self {
-        Self {
-            table: FlatMap::default(),
-            collided: Vec::new(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.table.len() + self.collided.len()
-    }
-
-    #[inline]
-    fn get(&self, level: &str, h: u64) -> Option<&Arc<Node<V>>> {
-        let (text, node) = self.table.get(&h)?;
-        if text.as_ref() == level {
-            return Some(node);
-        }
-        self.collided
-            .iter()
-            .find(|(ch, t, _)| *ch == h && t.as_ref() == level)
-            .map(|(_, _, n)| n)
-    }
-
-    fn get_mut(&mut self, level: &str, h: u64) -> Option<&mut Arc<Node<V>>> {
-        match self.table.get_mut(&h) {
-            Some((text, node)) if text.as_ref() == level => Some(node),
-            Some(_) => self
-                .collided
-                .iter_mut()
-                .find(|(ch, t, _)| *ch == h && t.as_ref() == level)
-                .map(|(_, _, n)| n),
-            None => None,
-        }
-    }
-
-    fn insert(&mut self, h: u64, text: Arc<str>, node: Arc<Node<V>>) {
-        match self.table.entry(h) {
-            Entry::Occupied(_) => self.collided.push((h, text, node)),
-            Entry::Vacant(slot) => {
-                slot.insert((text, node));
-            }
-        }
-    }
-
-    fn remove(&mut self, level: &str, h: u64) {
-        if let Some(i) = self
-            .collided
-            .iter()
-            .position(|(ch, t, _)| *ch == h && t.as_ref() == level)
-        {
-            self.collided.swap_remove(i);
-        } else if self.table.remove(&h).is_some() {
-            // Promote a collided level with the same hash into the table.
-            if let Some(i) = self.collided.iter().position(|(ch, _, _)| *ch == h) {
-                let (_, t, n) = self.collided.swap_remove(i);
-                self.table.insert(h, (t, n));
-            }
-        }
-    }
-
-    fn into_entries(self) -> impl Iterator<Item = (u64, Arc<str>, Arc<Node<V>>)> {
-        self.table
-            .into_iter()
-            .map(|(h, (t, n))| (h, t, n))
-            .chain(self.collided)
-    }
+/// Confirms that a child entry is the one for `level` with key `h`.
+#[inline(always)]
+fn is_level<V>(h: u64, level: &[u8]) -> impl Fn(&Child<V>) -> bool + '_ {
+    move |(text, _)| key_is_level(h) || text.as_bytes() == level
 }
 
 impl<V: Clone> Node<V> {
@@ -187,18 +145,18 @@ impl<V: Clone> Node<V> {
             && self.tails.is_none()
             && match &self.children {
                 Children::Small(v) => v.is_empty(),
-                Children::Wide(m) => m.len() == 0,
+                Children::Wide(m) => m.is_empty(),
             }
     }
 
     #[inline(always)]
-    fn child(&self, level: &str, h: u64) -> Option<&Node<V>> {
+    fn child(&self, level: &[u8], h: u64) -> Option<&Node<V>> {
         match &self.children {
             Children::Small(v) => v
                 .iter()
-                .find(|(kh, k, _)| *kh == h && k.as_ref() == level)
+                .find(|(kh, k, _)| *kh == h && (key_is_level(h) || k.as_bytes() == level))
                 .map(|(_, _, n)| &**n),
-            Children::Wide(m) => m.get(level, h).map(|n| &**n),
+            Children::Wide(m) => m.find(h, is_level(h, level)).map(|(_, n)| &**n),
         }
     }
 
@@ -237,7 +195,7 @@ impl<V: Clone> Node<V> {
         node.edges = node.star.is_some()
             || match &node.children {
                 Children::Small(v) => !v.is_empty(),
-                Children::Wide(m) => m.len() > 0,
+                Children::Wide(m) => !m.is_empty(),
             };
         node.is_empty()
     }
@@ -265,17 +223,57 @@ impl<V: Clone> Node<V> {
                 text.push_str(l);
             }
         }
+        let mut keys = [0; 2];
+        let mut exact = levels.len() <= keys.len();
+        for (i, level) in levels.iter().enumerate() {
+            if let Level::Literal(l) = level {
+                let k = hash(l);
+                exact &= key_is_level(k);
+                if let Some(slot) = keys.get_mut(i) {
+                    *slot = k;
+                }
+            }
+        }
         let tails = Arc::make_mut(self.tails.get_or_insert_with(|| {
             Arc::new(Tails {
                 lens: SmallVec::new(),
-                table: FlatMap::default(),
+                table: KeyTable::new(),
             })
         }));
-        let bucket = tails.table.entry(key).or_default();
-        let delta = edit_bucket(bucket, &text, || Arc::from(text.as_str()), f);
-        if bucket.is_empty() {
-            tails.table.remove(&key);
-        }
+        let same = |t: &Tail<V>| *t.text == *text;
+        let mut slots = tails
+            .table
+            .find(key, same)
+            .map(|t| t.slots.to_vec())
+            .unwrap_or_default();
+        let existed = !slots.is_empty();
+        f(&mut slots);
+        let delta = match (existed, slots.is_empty()) {
+            (true, true) => {
+                tails.table.remove(key, same);
+                -1
+            }
+            (true, false) => {
+                if let Some(t) = tails.table.find_mut(key, same) {
+                    t.slots = Arc::from(slots);
+                }
+                0
+            }
+            (false, false) => {
+                tails.table.insert(
+                    key,
+                    Tail {
+                        text: Arc::from(text.as_str()),
+                        keys,
+                        exact,
+                        len: levels.len() as u8,
+                        slots: Arc::from(slots),
+                    },
+                );
+                1
+            }
+            (false, true) => 0,
+        };
         let len = levels.len();
         let at = tails.lens.iter().position(|(l, _)| *l == len);
         match (delta, at) {
@@ -316,29 +314,31 @@ impl<V: Clone> Node<V> {
                     if !Node::edit(&mut child, rest, false, hash, f) {
                         v.push((h, Arc::from(level), child));
                         if v.len() > SMALL_MAX {
-                            let mut wide = Wide::new();
+                            let mut wide = KeyTable::new();
                             for (h, k, n) in v.drain(..) {
-                                wide.insert(h, k, n);
+                                wide.insert(h, (k, n));
                             }
-                            self.children = Children::Wide(Arc::new(wide));
+                            self.children = Children::Wide(wide);
                         }
                     }
                 }
             }
-            Children::Wide(m) => {
-                let wide = Arc::make_mut(m);
-                if let Some(child) = wide.get_mut(level, h) {
+            Children::Wide(wide) => {
+                let same = |(t, _): &Child<V>| t.as_ref() == level;
+                if let Some((_, child)) = wide.find_mut(h, same) {
                     if Node::edit(child, rest, false, hash, f) {
-                        wide.remove(level, h);
+                        wide.remove(h, same);
                         if wide.len() <= SMALL_BACK {
-                            let wide = std::mem::replace(wide, Wide::new());
-                            self.children = Children::Small(wide.into_entries().collect());
+                            let wide = std::mem::replace(wide, KeyTable::new());
+                            self.children = Children::Small(
+                                wide.into_entries().map(|(h, (t, n))| (h, t, n)).collect(),
+                            );
                         }
                     }
                 } else {
                     let mut child = Arc::new(Node::empty());
                     if !Node::edit(&mut child, rest, false, hash, f) {
-                        wide.insert(h, Arc::from(level), child);
+                        wide.insert(h, (Arc::from(level), child));
                     }
                 }
             }
@@ -359,30 +359,32 @@ fn edit_optional<V: Clone>(
     }
 }
 
-/// One level of the topic being matched: its text, hash and byte offset.
+/// One level of the topic being matched: its text, key and byte offset.
 #[derive(Clone, Copy)]
 pub(super) struct TopicLevel<'t> {
-    pub(super) word: &'t str,
+    pub(super) word: &'t [u8],
     pub(super) hash: u64,
     pub(super) start: usize,
 }
 
-/// A stack of walk states with a fallible push: inline arrays on the fast
-/// path (never allocate, may be full), heap vectors on the rare slow path.
-pub(super) trait Stack<T>: Default {
-    /// The matching buffer for suffix keys (inline or heap, like the stack).
-    type Keys: Default + Extend<u64> + AsRef<[u64]>;
+/// A stack of walk states with a fallible push: an inline array on the fast
+/// path (never allocates, may be full), a heap vector on the rare slow path.
+pub(super) trait Stack<T: Copy>: Default {
     /// Adds an item; false when the stack is full.
     fn push_item(&mut self, item: T) -> bool;
     fn items(&self) -> &[T];
-    fn reset(&mut self);
+    /// Drops the first `n` items, moving the rest to the front.
+    fn drop_front(&mut self, n: usize);
 }
 
-/// The inline capacity of every state set on the fast path.
+/// The inline capacity of the `#` state set and of the level array; the
+/// literal state buffer holds two levels' worth ([`STATES`]).
 pub(super) const INLINE: usize = 32;
+/// The inline capacity of the literal state buffer: the current level's
+/// states (compacted to at most [`INLINE`]) plus the next level's.
+pub(super) const STATES: usize = 2 * INLINE;
 
-impl<T> Stack<T> for arrayvec::ArrayVec<T, INLINE> {
-    type Keys = arrayvec::ArrayVec<u64, INLINE>;
+impl<T: Copy, const N: usize> Stack<T> for arrayvec::ArrayVec<T, N> {
     #[inline(always)]
     fn push_item(&mut self, item: T) -> bool {
         self.try_push(item).is_ok()
@@ -391,14 +393,13 @@ impl<T> Stack<T> for arrayvec::ArrayVec<T, INLINE> {
     fn items(&self) -> &[T] {
         self
     }
-    #[inline(always)]
-    fn reset(&mut self) {
-        self.clear();
+    #[inline]
+    fn drop_front(&mut self, n: usize) {
+        self.drain(..n);
     }
 }
 
-impl<T> Stack<T> for Vec<T> {
-    type Keys = Vec<u64>;
+impl<T: Copy> Stack<T> for Vec<T> {
     #[inline]
     fn push_item(&mut self, item: T) -> bool {
         self.push(item);
@@ -409,20 +410,34 @@ impl<T> Stack<T> for Vec<T> {
         self
     }
     #[inline]
-    fn reset(&mut self) {
-        self.clear();
+    fn drop_front(&mut self, n: usize) {
+        self.drain(..n);
     }
 }
 
 /// A state set outgrew its inline capacity; rerun on heap stacks.
 pub(super) struct Overflow;
 
+/// The walk's state sets (see the module docs).
+struct States<'a, V, S, A, W> {
+    /// Literal states: the current level's are `lit[lo..]` before the level
+    /// is consumed; the next level's are appended behind them.
+    lit: S,
+    /// Every live `#` state with the level it was first entered at (for
+    /// deduplication and the end of the topic).
+    active: A,
+    /// The live `#` states that have literal or `*` edges, the only ones a
+    /// level can lead anywhere from (most `#` states have none).
+    walkers: W,
+    _nodes: std::marker::PhantomData<&'a Node<V>>,
+}
+
 /// Matches the topic `text`, whose levels are `levels`, against the trie
 /// below `root`, calling `emit` once for every slot list whose pattern
 /// matches. Nothing is emitted unless the walk completes: on `Err(Overflow)`
 /// the caller reruns it with heap stacks.
 #[inline]
-pub(super) fn walk<'a, V, S, A>(
+pub(super) fn walk<'a, V, S, A, W>(
     root: &'a Node<V>,
     text: &str,
     levels: &[TopicLevel<'_>],
@@ -432,66 +447,126 @@ where
     V: Clone,
     S: Stack<&'a Node<V>>,
     A: Stack<(&'a Node<V>, usize)>,
+    W: Stack<&'a Node<V>>,
 {
-    // `bufs[cur]` holds the states of the current level; the other buffer
-    // receives the next level's (toggled, never copied).
-    let mut bufs: [S; 2] = [S::default(), S::default()];
-    let mut cur = 0;
-    // Live `#` states with the level they were first entered at.
-    let mut active = A::default();
-    bufs[0].push_item(root);
-    enter_hashes(root, 0, &mut active)?;
+    let mut st = States {
+        lit: S::default(),
+        active: A::default(),
+        walkers: W::default(),
+        _nodes: std::marker::PhantomData,
+    };
+    push(&mut st.lit, root)?;
+    if root.hash.is_some() {
+        st.enter_hashes(root, 0)?;
+    }
+    let mut lo = 0;
     let last = levels.len().saturating_sub(1);
     for (i, level) in levels.iter().enumerate() {
         let (word, h, is_last) = (level.word, level.hash, i == last);
-        let [a, b] = &mut bufs;
-        let (now, next) = if cur == 0 { (a, b) } else { (b, a) };
-        next.reset();
+        let mut hi = st.lit.items().len();
+        if hi > INLINE {
+            // Keep room for a next level of `INLINE` states: the current
+            // level's states (at most `INLINE` on the fast path) move to the
+            // front.
+            st.lit.drop_front(lo);
+            hi -= lo;
+            lo = 0;
+        }
         // `#` states entered while consuming this level are live from the
         // next level on, so only the ones live before it consume it.
-        let live = active.items().len();
-        for &node in now.items() {
-            if node.edges {
-                transitions(node, word, h, i + 1, is_last, next, &mut active)?;
-            }
+        let live = st.walkers.items().len();
+        for k in lo..hi {
+            let node = st.lit.items()[k];
+            st.transitions(node, word, h, i + 1, is_last)?;
         }
         for k in 0..live {
-            let node = active.items()[k].0;
-            if node.edges {
-                transitions(node, word, h, i + 1, is_last, next, &mut active)?;
-            }
+            let node = st.walkers.items()[k];
+            st.transitions(node, word, h, i + 1, is_last)?;
         }
-        cur ^= 1;
-        if next.items().is_empty() && active.items().is_empty() {
+        lo = hi;
+        if st.lit.items().len() == hi && st.active.items().is_empty() {
             return Ok(());
         }
     }
-    for &node in bufs[cur].items() {
+    for &node in &st.lit.items()[lo..] {
         emit(&node.values);
     }
-    // `suffix_keys[k]`: the key of the topic's last k + 1 levels, computed on
-    // first need and shared by every tail lookup.
-    let mut suffix_keys: S::Keys = Default::default();
-    for &(node, entered) in active.items() {
+    for &(node, entered) in st.active.items() {
         emit(&node.values);
         if let Some(tails) = &node.tails {
-            if suffix_keys.as_ref().is_empty() {
-                fill_suffix_keys(levels, &mut suffix_keys);
-            }
-            match_tails(tails, entered, text, levels, suffix_keys.as_ref(), emit);
+            match_tails(tails, entered, text, levels, emit);
         }
     }
     Ok(())
 }
 
-/// `keys[k]` = the tail key of the topic's last `k + 1` levels.
-#[inline]
-fn fill_suffix_keys<K: Extend<u64>>(levels: &[TopicLevel<'_>], keys: &mut K) {
-    let mut key = 0;
-    keys.extend(levels.iter().rev().map(|l| {
-        key = mix(key, l.hash);
-        key
-    }));
+impl<'a, V, S, A, W> States<'a, V, S, A, W>
+where
+    V: Clone,
+    S: Stack<&'a Node<V>>,
+    A: Stack<(&'a Node<V>, usize)>,
+    W: Stack<&'a Node<V>>,
+{
+    /// Follows `node`'s literal edge for `word` and its `*` edge, entering
+    /// the `#` chains below the reached nodes at `depth`. A reached node
+    /// joins the next level's states only if it can go further (it has
+    /// edges) or this is the topic's last level (its own values may match).
+    #[inline(always)]
+    fn transitions(
+        &mut self,
+        node: &'a Node<V>,
+        word: &[u8],
+        h: u64,
+        depth: usize,
+        is_last: bool,
+    ) -> Result<(), Overflow> {
+        if !node.edges {
+            return Ok(());
+        }
+        if let Some(c) = node.child(word, h) {
+            self.reach(c, depth, is_last)?;
+        }
+        if let Some(c) = node.star.as_deref() {
+            self.reach(c, depth, is_last)?;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn reach(&mut self, c: &'a Node<V>, depth: usize, is_last: bool) -> Result<(), Overflow> {
+        if c.edges || is_last {
+            push(&mut self.lit, c)?;
+        }
+        if c.hash.is_some() {
+            self.enter_hashes(c, depth)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the chain of `#` children below `node` (`x.#`, `x.#.#`, …) as
+    /// entered at `depth`, skipping the ones already live (entered earlier,
+    /// so their chains too).
+    fn enter_hashes(&mut self, node: &'a Node<V>, depth: usize) -> Result<(), Overflow> {
+        let mut h = node.hash.as_deref();
+        while let Some(x) = h {
+            if self.active.items().iter().any(|(a, _)| ptr::eq(*a, x)) {
+                return Ok(());
+            }
+            push(&mut self.active, (x, depth))?;
+            if x.edges {
+                push(&mut self.walkers, x)?;
+            }
+            h = x.hash.as_deref();
+        }
+        Ok(())
+    }
+}
+
+/// The tail key of `suffix`: its level keys folded from the last one back
+/// (as tails are keyed). Tails are short, so this is a mix or two.
+#[inline(always)]
+fn suffix_key(suffix: &[TopicLevel<'_>]) -> u64 {
+    suffix.iter().rev().fold(0, |key, l| mix(key, l.hash))
 }
 
 /// Looks up, for each tail length of a `#` node entered at level `entered`,
@@ -502,7 +577,6 @@ fn match_tails<'a, V>(
     entered: usize,
     text: &str,
     levels: &[TopicLevel<'_>],
-    suffix_keys: &[u64],
     emit: &mut impl FnMut(&'a [Slot<V>]),
 ) {
     let n = levels.len();
@@ -510,71 +584,30 @@ fn match_tails<'a, V>(
         if len > n || n - len < entered {
             continue;
         }
-        if let Some(bucket) = tails.table.get(&suffix_keys[len - 1]) {
-            let tail = &text[levels[n - len].start..];
-            for (t, slots) in bucket {
-                if **t == *tail {
-                    emit(slots);
-                }
+        let suffix = &levels[n - len..];
+        // An exact tail has `len` <= 2 levels, all confirmed by their keys;
+        // any other is confirmed by its text (`len` is part of the match,
+        // since tails of several lengths share the table).
+        let confirm = |t: &Tail<V>| {
+            if t.exact {
+                usize::from(t.len) == len
+                    && t.keys[0] == suffix[0].hash
+                    && (len == 1 || t.keys[1] == suffix[1].hash)
+            } else {
+                *t.text == text[suffix[0].start..]
             }
+        };
+        if let Some(tail) = tails.table.find(suffix_key(suffix), confirm) {
+            emit(&tail.slots);
         }
     }
 }
 
-/// Follows `node`'s literal edge for `word` and its `*` edge, entering the
-/// `#` chains below the reached nodes at `depth`. A reached node joins `next`
-/// only if it can go further (it has edges) or this is the topic's last
-/// level (its own values may match).
 #[inline(always)]
-fn transitions<'a, V: Clone, S: Stack<&'a Node<V>>, A: Stack<(&'a Node<V>, usize)>>(
-    node: &'a Node<V>,
-    word: &str,
-    h: u64,
-    depth: usize,
-    is_last: bool,
-    next: &mut S,
-    active: &mut A,
-) -> Result<(), Overflow> {
-    if let Some(c) = node.child(word, h) {
-        if c.edges || is_last {
-            push(next, c)?;
-        }
-        enter_hashes(c, depth, active)?;
-    }
-    if let Some(c) = node.star.as_deref() {
-        if c.edges || is_last {
-            push(next, c)?;
-        }
-        enter_hashes(c, depth, active)?;
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn push<T, S: Stack<T>>(stack: &mut S, item: T) -> Result<(), Overflow> {
+fn push<T: Copy, S: Stack<T>>(stack: &mut S, item: T) -> Result<(), Overflow> {
     if stack.push_item(item) {
         Ok(())
     } else {
         Err(Overflow)
     }
-}
-
-/// Adds the chain of `#` children below `node` (`x.#`, `x.#.#`, …) to
-/// `active` as entered at `depth`, skipping the ones already there (entered
-/// earlier, so their chains too).
-#[inline(always)]
-fn enter_hashes<'a, V, A: Stack<(&'a Node<V>, usize)>>(
-    node: &'a Node<V>,
-    depth: usize,
-    active: &mut A,
-) -> Result<(), Overflow> {
-    let mut h = node.hash.as_deref();
-    while let Some(x) = h {
-        if active.items().iter().any(|(a, _)| ptr::eq(*a, x)) {
-            return Ok(());
-        }
-        push(active, (x, depth))?;
-        h = x.hash.as_deref();
-    }
-    Ok(())
 }
