@@ -226,9 +226,18 @@ fn for_each_level(s: &[u8], mut f: impl FnMut(usize, usize)) {
         base += 8;
     }
     if !rest.is_empty() {
-        let mut buf = [0u8; 8];
-        buf[..rest.len()].copy_from_slice(rest);
-        emit(base, dots(u64::from_le_bytes(buf)), &mut start);
+        // The last 8 bytes of a longer text, shifted so the rest comes
+        // first (zeros, never `.`, fill the top); a short text byte by byte.
+        let w = match s.len().checked_sub(8).and_then(|at| s.get(at..)) {
+            Some(last) => {
+                u64::from_le_bytes(last.try_into().unwrap_or([0; 8])) >> (8 * (8 - rest.len()))
+            }
+            None => rest
+                .iter()
+                .rev()
+                .fold(0, |acc, &b| (acc << 8) | u64::from(b)),
+        };
+        emit(base, dots(w), &mut start);
     }
     f(start, s.len());
 }

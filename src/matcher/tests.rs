@@ -334,3 +334,45 @@ fn more_live_states_than_the_inline_sets_hold_falls_back_correctly() {
     }
     assert_eq!(m.matches(&t("a.a.a.a.a.a")).len(), 64 + 40);
 }
+
+#[test]
+fn tails_longer_than_the_length_mask_and_deeper_than_the_inline_levels() {
+    // 70-level tails after `#` (past the 64-length mask, so found through
+    // the length list) against 80-level topics (past the 32 inline levels,
+    // so matched on the heap path), beside a short tail on the same `#`.
+    let wide = crate::Limits {
+        max_len: 1024,
+        max_depth: 100,
+    };
+    let levels = |n: usize, last: &str| {
+        let mut v: Vec<String> = (0..n - 1).map(|i| format!("l{i}")).collect();
+        v.push(last.to_string());
+        v.join(".")
+    };
+    let long_tail = levels(70, "end");
+    let mut m = Matcher::new();
+    let pat = Pattern::parse_with(&format!("x.#.{long_tail}"), &wide).unwrap();
+    m.insert(&pat, 1);
+    m.insert(&p("x.#.end"), 2);
+    let hit = Topic::parse_with(&format!("x.a.b.{long_tail}"), &wide).unwrap();
+    let miss = Topic::parse_with(&format!("x.a.b.{}", levels(70, "other")), &wide).unwrap();
+    let exact_len = Topic::parse_with(&format!("x.{long_tail}"), &wide).unwrap();
+    assert_eq!(sorted(m.matches(&hit)), [1, 2]);
+    assert!(m.matches(&miss).is_empty());
+    assert_eq!(sorted(m.matches(&exact_len)), [1, 2], "`#` matches zero levels");
+    for topic in [&hit, &miss, &exact_len] {
+        assert_eq!(
+            sorted(m.matches(topic)),
+            {
+                let mut r: Vec<u32> = [(&pat, 1), (&p("x.#.end"), 2)]
+                    .into_iter()
+                    .filter(|(q, _)| q.matches(topic))
+                    .map(|(_, v)| v)
+                    .collect();
+                r.sort_unstable();
+                r
+            },
+            "{topic}"
+        );
+    }
+}

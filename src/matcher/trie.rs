@@ -117,6 +117,10 @@ struct Tail<V> {
 struct Tails<V> {
     /// Distinct tail lengths in levels, each with how many tails have it.
     lens: SmallVec<[(usize, usize); 2]>,
+    /// Bit `k` set: some tail has `k + 1` levels (lengths up to 64; longer
+    /// ones set `long` and are found through `lens`).
+    mask: u64,
+    long: bool,
     table: KeyTable<Tail<V>>,
 }
 
@@ -237,6 +241,8 @@ impl<V: Clone> Node<V> {
         let tails = Arc::make_mut(self.tails.get_or_insert_with(|| {
             Arc::new(Tails {
                 lens: SmallVec::new(),
+                mask: 0,
+                long: false,
                 table: KeyTable::new(),
             })
         }));
@@ -287,6 +293,12 @@ impl<V: Clone> Node<V> {
             }
             _ => {}
         }
+        tails.mask = tails
+            .lens
+            .iter()
+            .filter(|(l, _)| *l <= 64)
+            .fold(0, |m, (l, _)| m | 1 << (l - 1));
+        tails.long = tails.lens.iter().any(|(l, _)| *l > 64);
         if tails.table.is_empty() {
             self.tails = None;
         }
@@ -571,7 +583,7 @@ fn suffix_key(suffix: &[TopicLevel<'_>]) -> u64 {
 
 /// Looks up, for each tail length of a `#` node entered at level `entered`,
 /// the topic suffix of that length (if it starts at or after `entered`).
-#[inline]
+#[inline(always)]
 fn match_tails<'a, V>(
     tails: &'a Tails<V>,
     entered: usize,
@@ -579,27 +591,55 @@ fn match_tails<'a, V>(
     levels: &[TopicLevel<'_>],
     emit: &mut impl FnMut(&'a [Slot<V>]),
 ) {
-    let n = levels.len();
-    for &(len, _) in &tails.lens {
-        if len > n || n - len < entered {
-            continue;
-        }
-        let suffix = &levels[n - len..];
-        // An exact tail has `len` <= 2 levels, all confirmed by their keys;
-        // any other is confirmed by its text (`len` is part of the match,
-        // since tails of several lengths share the table).
-        let confirm = |t: &Tail<V>| {
-            if t.exact {
-                usize::from(t.len) == len
-                    && t.keys[0] == suffix[0].hash
-                    && (len == 1 || t.keys[1] == suffix[1].hash)
-            } else {
-                *t.text == text[suffix[0].start..]
+    // Lengths 1..=room fit after the level the `#` was entered at.
+    let room = levels.len().saturating_sub(entered);
+    let fits = if room >= 64 { !0 } else { (1u64 << room) - 1 };
+    let mut lens = tails.mask & fits;
+    while lens != 0 {
+        match_tail(
+            tails,
+            lens.trailing_zeros() as usize + 1,
+            text,
+            levels,
+            emit,
+        );
+        lens &= lens - 1;
+    }
+    if tails.long {
+        for &(len, _) in &tails.lens {
+            if len > 64 && len <= room {
+                match_tail(tails, len, text, levels, emit);
             }
-        };
-        if let Some(tail) = tails.table.find(suffix_key(suffix), confirm) {
-            emit(&tail.slots);
         }
+    }
+}
+
+/// Looks up the topic's last `len` levels among `tails`.
+#[inline(always)]
+fn match_tail<'a, V>(
+    tails: &'a Tails<V>,
+    len: usize,
+    text: &str,
+    levels: &[TopicLevel<'_>],
+    emit: &mut impl FnMut(&'a [Slot<V>]),
+) {
+    let Some(suffix) = levels.get(levels.len() - len..) else {
+        return;
+    };
+    // An exact tail has `len` <= 2 levels, all confirmed by their keys;
+    // any other is confirmed by its text (`len` is part of the match,
+    // since tails of several lengths share the table).
+    let confirm = |t: &Tail<V>| {
+        if t.exact {
+            usize::from(t.len) == len
+                && t.keys[0] == suffix[0].hash
+                && (len == 1 || t.keys[1] == suffix[1].hash)
+        } else {
+            *t.text == text[suffix[0].start..]
+        }
+    };
+    if let Some(tail) = tails.table.find(suffix_key(suffix), confirm) {
+        emit(&tail.slots);
     }
 }
 
