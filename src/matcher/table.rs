@@ -165,7 +165,6 @@ impl<T> KeyTable<T> {
     }
 
     /// Every entry, in slot order.
-    #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
         self.keys
             .iter()

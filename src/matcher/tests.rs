@@ -359,7 +359,11 @@ fn tails_longer_than_the_length_mask_and_deeper_than_the_inline_levels() {
     let exact_len = Topic::parse_with(&format!("x.{long_tail}"), &wide).unwrap();
     assert_eq!(sorted(m.matches(&hit)), [1, 2]);
     assert!(m.matches(&miss).is_empty());
-    assert_eq!(sorted(m.matches(&exact_len)), [1, 2], "`#` matches zero levels");
+    assert_eq!(
+        sorted(m.matches(&exact_len)),
+        [1, 2],
+        "`#` matches zero levels"
+    );
     for topic in [&hit, &miss, &exact_len] {
         assert_eq!(
             sorted(m.matches(topic)),

@@ -79,6 +79,30 @@ pub(super) struct Node<V> {
     /// Has a literal or `*` child, so consuming a level can lead somewhere;
     /// a state without edges is skipped by the walk until the end.
     edges: bool,
+    /// Bit `r` set: a pattern below can match a topic with exactly `r` more
+    /// levels through this node's own values or its literal and `*` edges
+    /// (bit 63 stands for 63 or more). The walk keeps a reached node only if
+    /// the topic has a matching number of levels left; most subtrees hold
+    /// patterns of only a few lengths, so most dead ends stop at once.
+    lit: u64,
+    /// As `lit`, also through this node's `#` child and, on a `#` node, its
+    /// tails: what a parent needs to know about this node.
+    full: u64,
+}
+
+/// Bit 63 of a depth set: "63 or more levels".
+const MANY: u64 = 1 << 63;
+
+/// The depth set `d` one level further up.
+#[inline]
+fn deeper(d: u64) -> u64 {
+    (d << 1) | (d & MANY)
+}
+
+/// The depth bit for `r` levels left.
+#[inline(always)]
+fn depth_bit(r: usize) -> u64 {
+    1 << r.min(63)
 }
 
 /// A literal child: its level's text (compared only for levels longer than
@@ -139,6 +163,8 @@ impl<V: Clone> Node<V> {
             hash: None,
             tails: None,
             edges: false,
+            lit: 0,
+            full: 0,
         }
     }
 
@@ -201,7 +227,28 @@ impl<V: Clone> Node<V> {
                 Children::Small(v) => !v.is_empty(),
                 Children::Wide(m) => !m.is_empty(),
             };
+        node.depths();
         node.is_empty()
+    }
+
+    /// Recomputes `lit` and `full` from the node's values, tails and its
+    /// children's sets (already current: edits work bottom-up).
+    fn depths(&mut self) {
+        let mut below = self.star.as_ref().map_or(0, |c| c.full);
+        match &self.children {
+            Children::Small(v) => below = v.iter().fold(below, |d, (_, _, c)| d | c.full),
+            Children::Wide(m) => below = m.iter().fold(below, |d, (_, (_, c))| d | c.full),
+        }
+        self.lit = u64::from(!self.values.is_empty()) | deeper(below);
+        // A `#` absorbs any number of levels: from its shortest match on.
+        let hash = self.hash.as_ref().map_or(0, |h| match h.full {
+            0 => 0,
+            d => !0 << d.trailing_zeros(),
+        });
+        let tails = self.tails.as_ref().map_or(0, |t| {
+            t.lens.iter().fold(0, |d, (len, _)| d | depth_bit(*len))
+        });
+        self.full = self.lit | hash | tails;
     }
 
     fn edit_tail(
@@ -472,9 +519,9 @@ where
         st.enter_hashes(root, 0)?;
     }
     let mut lo = 0;
-    let last = levels.len().saturating_sub(1);
+    let n = levels.len();
     for (i, level) in levels.iter().enumerate() {
-        let (word, h, is_last) = (level.word, level.hash, i == last);
+        let (word, h, left) = (level.word, level.hash, depth_bit(n - i - 1));
         let mut hi = st.lit.items().len();
         if hi > INLINE {
             // Keep room for a next level of `INLINE` states: the current
@@ -489,11 +536,11 @@ where
         let live = st.walkers.items().len();
         for k in lo..hi {
             let node = st.lit.items()[k];
-            st.transitions(node, word, h, i + 1, is_last)?;
+            st.transitions(node, word, h, i + 1, left)?;
         }
         for k in 0..live {
             let node = st.walkers.items()[k];
-            st.transitions(node, word, h, i + 1, is_last)?;
+            st.transitions(node, word, h, i + 1, left)?;
         }
         lo = hi;
         if st.lit.items().len() == hi && st.active.items().is_empty() {
@@ -530,23 +577,23 @@ where
         word: &[u8],
         h: u64,
         depth: usize,
-        is_last: bool,
+        left: u64,
     ) -> Result<(), Overflow> {
         if !node.edges {
             return Ok(());
         }
         if let Some(c) = node.child(word, h) {
-            self.reach(c, depth, is_last)?;
+            self.reach(c, depth, left)?;
         }
         if let Some(c) = node.star.as_deref() {
-            self.reach(c, depth, is_last)?;
+            self.reach(c, depth, left)?;
         }
         Ok(())
     }
 
     #[inline(always)]
-    fn reach(&mut self, c: &'a Node<V>, depth: usize, is_last: bool) -> Result<(), Overflow> {
-        if c.edges || is_last {
+    fn reach(&mut self, c: &'a Node<V>, depth: usize, left: u64) -> Result<(), Overflow> {
+        if c.lit & left != 0 {
             push(&mut self.lit, c)?;
         }
         if c.hash.is_some() {
