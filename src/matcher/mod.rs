@@ -124,8 +124,8 @@ impl std::hash::Hasher for IdHasher {
 
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Folds one level hash into the running hash of a whole topic. Order
-/// matters (`a.b` and `b.a` differ); collisions only cost a text comparison.
+/// Folds one level key into the running key of a tail. Order matters
+/// (`a.b` and `b.a` differ); collisions only cost a confirmation.
 #[inline]
 fn mix(acc: u64, level: u64) -> u64 {
     (acc ^ level).wrapping_mul(MIX).rotate_left(31)

@@ -194,7 +194,7 @@ impl<V: Clone> Node<V> {
     /// Walks (creating as needed) the path `levels` below `this`, applies `f`
     /// to the value slots at its end, and prunes nodes left empty. Copies
     /// every node on the path that is shared with another version. `hash` is
-    /// the matcher's level hash; `after_hash` says `this` was reached through
+    /// the matcher's level key; `after_hash` says `this` was reached through
     /// a `#` edge, so an all-literal rest of the pattern is one of its tails.
     ///
     /// Returns true when `this` is now empty and should be unlinked.
@@ -258,8 +258,8 @@ impl<V: Clone> Node<V> {
         hash: &impl Fn(&str) -> u64,
         f: impl FnOnce(&mut Vec<Slot<V>>),
     ) {
-        // Tails are keyed by their level hashes folded from the last level
-        // backwards, so the walk gets every suffix's key from one pass.
+        // Tails are keyed by their level keys folded from the last level
+        // backwards, as the walk folds the topic's suffixes.
         let mut key = 0;
         let mut text = String::new();
         for level in levels.iter().rev() {
