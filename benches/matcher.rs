@@ -6,6 +6,9 @@
 //! - `churn/<n>/{subscribe_unsubscribe,full_rebuild}`: one subscribe plus one
 //!   unsubscribe through the copy-on-write registry holding `n`
 //!   subscriptions, against rebuilding the matcher from scratch once.
+//! - `wide/20000/{topicbus,std_hashmap}`: 20 K children of one node inserted
+//!   into an empty matcher and removed again, against a `HashMap` of the
+//!   same keys (an edit must not cost O(fanout) when nothing is shared).
 //!
 //! Figures and their interpretation: `perf-reports/matcher.md`.
 
@@ -140,11 +143,49 @@ fn churn_group(c: &mut Criterion) {
     g.finish();
 }
 
+/// One node with 20 K literal children (`user.u<i>.*`), built from empty
+/// and taken apart again: every edit must stay O(1) in the node's fanout.
+/// Baseline: the same keys into and out of a `std` `HashMap`.
+fn wide_group(c: &mut Criterion) {
+    const N: u32 = 20_000;
+    let mut g = c.benchmark_group("wide");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(u64::from(N)));
+    let patterns: Vec<Pattern> = (0..N)
+        .map(|i| Pattern::parse(&format!("user.u{i}.*")).expect("pattern"))
+        .collect();
+    g.bench_function(BenchmarkId::new(N.to_string(), "topicbus"), |b| {
+        b.iter(|| {
+            let mut m = topicbus::matcher::Matcher::new();
+            for (i, p) in patterns.iter().enumerate() {
+                m.insert(p, i as u32);
+            }
+            for (i, p) in patterns.iter().enumerate() {
+                m.remove(p, &(i as u32));
+            }
+            black_box(m.is_empty())
+        })
+    });
+    g.bench_function(BenchmarkId::new(N.to_string(), "std_hashmap"), |b| {
+        b.iter(|| {
+            let mut m = std::collections::HashMap::new();
+            for (i, p) in patterns.iter().enumerate() {
+                m.insert(p.as_str().to_owned(), i as u32);
+            }
+            for p in &patterns {
+                m.remove(p.as_str());
+            }
+            black_box(m.is_empty())
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = match_group, hash15_group, churn_group
+    targets = match_group, hash15_group, churn_group, wide_group
 }
 criterion_main!(benches);

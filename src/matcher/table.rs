@@ -20,6 +20,7 @@ pub(super) struct KeyTable<T> {
     /// a probe scans 8 keys per cache line and reads one value.
     keys: Box<[u64]>,
     vals: Box<[Option<T>]>,
+    len: usize,
     seed: u64,
 }
 
@@ -42,18 +43,18 @@ impl<T> KeyTable<T> {
         Self {
             keys: vec![EMPTY; n].into_boxed_slice(),
             vals: (0..n).map(|_| None).collect(),
+            len: 0,
             seed: crate::sync::table_seed(),
         }
     }
 
-    /// The number of entries: O(slots), for edits only (a lookup never
-    /// needs it).
+    /// The number of entries.
     pub(super) fn len(&self) -> usize {
-        self.keys.iter().filter(|k| **k != EMPTY).count()
+        self.len
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.keys.iter().all(|k| *k == EMPTY)
+        self.len == 0
     }
 
     /// The home slot of a stored key.
@@ -120,6 +121,7 @@ impl<T> KeyTable<T> {
         }
         self.keys[i] = key;
         self.vals[i] = Some(value);
+        self.len += 1;
     }
 
     /// Removes and returns the first entry with `key` that `confirm`
@@ -129,6 +131,7 @@ impl<T> KeyTable<T> {
         let mut hole = self.position(key, confirm)?;
         let value = self.vals[hole].take()?;
         self.keys[hole] = EMPTY;
+        self.len -= 1;
         let mut j = hole;
         loop {
             j = (j + 1) & mask;
@@ -165,6 +168,7 @@ impl<T> KeyTable<T> {
     }
 
     /// Every entry, in slot order.
+    #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
         self.keys
             .iter()

@@ -89,6 +89,11 @@ pub(super) struct Node<V> {
     /// As `lit`, also through this node's `#` child and, on a `#` node, its
     /// tails: what a parent needs to know about this node.
     full: u64,
+    /// The union of the literal children's `full` sets. Exact for a small
+    /// child vector (recomputed on each edit); for a wide table only grown
+    /// by edits (recomputed when it shrinks back to a vector), so an edit
+    /// stays O(1) in the fanout. A superset only prunes less, never wrongly.
+    kids: u64,
 }
 
 /// Bit 63 of a depth set: "63 or more levels".
@@ -166,6 +171,7 @@ impl<V: Clone> Node<V> {
             edges: false,
             lit: 0,
             full: 0,
+            kids: 0,
         }
     }
 
@@ -233,13 +239,13 @@ impl<V: Clone> Node<V> {
     }
 
     /// Recomputes `lit` and `full` from the node's values, tails and its
-    /// children's sets (already current: edits work bottom-up).
+    /// children's sets (already current: edits work bottom-up); `kids` of a
+    /// wide table is kept by `edit_child`.
     fn depths(&mut self) {
-        let mut below = self.star.as_ref().map_or(0, |c| c.full);
-        match &self.children {
-            Children::Small(v) => below = v.iter().fold(below, |d, (_, _, c)| d | c.full),
-            Children::Wide(m) => below = m.iter().fold(below, |d, (_, (_, c))| d | c.full),
+        if let Children::Small(v) = &self.children {
+            self.kids = v.iter().fold(0, |d, (_, _, c)| d | c.full);
         }
+        let below = self.kids | self.star.as_ref().map_or(0, |c| c.full);
         self.lit = u64::from(!self.values.is_empty()) | deeper(below);
         // A `#` absorbs any number of levels: from its shortest match on.
         let hash = self.hash.as_ref().map_or(0, |h| match h.full {
@@ -375,10 +381,13 @@ impl<V: Clone> Node<V> {
                         v.push((h, Arc::from(level), child));
                         if v.len() > SMALL_MAX {
                             let mut wide = KeyTable::new();
+                            let mut kids = 0;
                             for (h, k, n) in v.drain(..) {
+                                kids |= n.full;
                                 wide.insert(h, (k, n));
                             }
                             self.children = Children::Wide(wide);
+                            self.kids = kids;
                         }
                     }
                 }
@@ -389,15 +398,19 @@ impl<V: Clone> Node<V> {
                     if Node::edit(child, rest, false, hash, f) {
                         wide.remove(h, same);
                         if wide.len() <= SMALL_BACK {
+                            // Back to a vector: `depths` recomputes `kids`.
                             let wide = std::mem::replace(wide, KeyTable::new());
                             self.children = Children::Small(
                                 wide.into_entries().map(|(h, (t, n))| (h, t, n)).collect(),
                             );
                         }
+                    } else {
+                        self.kids |= child.full;
                     }
                 } else {
                     let mut child = Arc::new(Node::empty());
                     if !Node::edit(&mut child, rest, false, hash, f) {
+                        self.kids |= child.full;
                         wide.insert(h, (Arc::from(level), child));
                     }
                 }
