@@ -445,16 +445,9 @@ pub(crate) fn hasher() -> Hasher {
 #[inline]
 pub(crate) fn table_seed() -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED.get_or_init(|| {
-        #[cfg(any(topicbus_loom, fuzzing))]
-        let seed = 0xa409_3822_299f_31d0;
-        #[cfg(not(any(topicbus_loom, fuzzing)))]
-        let seed = {
-            use std::hash::BuildHasher;
-            foldhash::fast::RandomState::default().hash_one(0xa409_3822_299f_31d0_u64)
-        };
-        seed
-    })
+    use std::hash::BuildHasher;
+    // `hasher` is already random per process and fixed under loom and fuzzing.
+    *SEED.get_or_init(|| hasher().hash_one(0xa409_3822_299f_31d0_u64))
 }
 
 /// The process-wide seed of [`topic_key`]: random per process (fixed under

@@ -64,12 +64,6 @@ use arrayvec::ArrayVec;
 use crate::topic::{Level, Pattern, Topic};
 use trie::{Node, TopicLevel};
 
-/// One topic level, for the walk.
-#[inline]
-fn span(start: usize, word: &[u8], hash: u64) -> TopicLevel<'_> {
-    TopicLevel { word, hash, start }
-}
-
 /// A persistent hash map with the crate's hasher.
 pub(crate) type PMap<K, V> =
     imbl::GenericHashMap<K, V, crate::sync::Hasher, imbl::shared_ptr::DefaultSharedPtr>;
@@ -111,8 +105,7 @@ impl std::hash::Hasher for IdHasher {
     }
     #[inline]
     fn write_u64(&mut self, n: u64) {
-        let p = u128::from(n ^ self.0) * u128::from(MIX);
-        self.0 = (p as u64) ^ ((p >> 64) as u64);
+        self.0 = scatter(n, self.0);
     }
     fn write(&mut self, bytes: &[u8]) {
         // Only `u64` keys are hashed; fold anything else in for completeness.
@@ -123,6 +116,14 @@ impl std::hash::Hasher for IdHasher {
 }
 
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A key mixed with a seed by one folded multiply (both halves of the 128-bit
+/// product): the table index of [`IdHasher`] and of [`table::KeyTable`].
+#[inline(always)]
+fn scatter(key: u64, seed: u64) -> u64 {
+    let p = u128::from(key ^ seed) * u128::from(MIX);
+    (p as u64) ^ ((p >> 64) as u64)
+}
 
 /// Folds one level key into the running key of a tail. Order matters
 /// (`a.b` and `b.a` differ); collisions only cost a confirmation.
@@ -153,19 +154,19 @@ fn key_is_level(key: u64) -> bool {
     key & 1 == 0
 }
 
-/// The bytes `text[start..start + len]` (`len <= 7`) as a little-endian
-/// word, loaded 8 bytes at a time where the text allows it.
+/// The bytes of `text` from `start` on, up to 8 of them, as a little-endian
+/// word with zeros past the end of the text: one load where the text allows
+/// it (the 8 bytes at `start`, or its last 8 shifted down), a byte loop only
+/// for a text shorter than 8 bytes.
 #[inline(always)]
-fn read_short(text: &[u8], start: usize, len: usize) -> u64 {
-    let mask = (1u64 << (8 * len)) - 1;
+fn word_at(text: &[u8], start: usize) -> u64 {
     if let Some(w) = text.get(start..start + 8) {
-        u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) & mask
+        u64::from_le_bytes(w.try_into().unwrap_or([0; 8]))
     } else if let Some(w) = text.len().checked_sub(8).and_then(|at| text.get(at..)) {
         // The last 8 bytes, shifted so that `start` comes first.
-        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
-        (w >> (8 * (start + 8 - text.len()))) & mask
+        u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) >> (8 * (start + 8 - text.len()))
     } else {
-        text[start..start + len]
+        text[start..]
             .iter()
             .rev()
             .fold(0, |acc, &b| (acc << 8) | u64::from(b))
@@ -182,7 +183,8 @@ impl LevelHash {
             return ((self.state.hash_one(&text[start..end]) & 3) << 1) | 1;
         }
         if len <= 7 {
-            (read_short(text, start, len) << 8) | ((len as u64) << 1)
+            let level = word_at(text, start) & ((1u64 << (8 * len)) - 1);
+            (level << 8) | ((len as u64) << 1)
         } else {
             self.state.hash_one(&text[start..end]) | 1
         }
@@ -226,18 +228,8 @@ fn for_each_level(s: &[u8], mut f: impl FnMut(usize, usize)) {
         base += 8;
     }
     if !rest.is_empty() {
-        // The last 8 bytes of a longer text, shifted so the rest comes
-        // first (zeros, never `.`, fill the top); a short text byte by byte.
-        let w = match s.len().checked_sub(8).and_then(|at| s.get(at..)) {
-            Some(last) => {
-                u64::from_le_bytes(last.try_into().unwrap_or([0; 8])) >> (8 * (8 - rest.len()))
-            }
-            None => rest
-                .iter()
-                .rev()
-                .fold(0, |acc, &b| (acc << 8) | u64::from(b)),
-        };
-        emit(base, dots(w), &mut start);
+        // Zeros, never `.`, fill the word past the end of the text.
+        emit(base, dots(word_at(s, base)), &mut start);
     }
     f(start, s.len());
 }
@@ -551,14 +543,18 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
         let Some(root) = self.root.as_deref() else {
             return;
         };
-        // One pass over the levels: hash each once; the walk reuses the
-        // hashes (and the tails their suffixes).
+        // One pass over the levels: key each once; the walk reuses the keys
+        // (and the tails their suffixes).
+        let bytes = text.as_bytes();
+        let level = |start, end| TopicLevel {
+            word: &bytes[start..end],
+            hash: self.levels.key(bytes, start, end),
+            start,
+        };
         let mut levels: ArrayVec<TopicLevel<'_>, { trie::INLINE }> = ArrayVec::new();
         let mut inline = true;
-        for_each_level(text.as_bytes(), |start, end| {
-            let word = &text.as_bytes()[start..end];
-            let hash = self.levels.key(text.as_bytes(), start, end);
-            inline &= levels.try_push(span(start, word, hash)).is_ok();
+        for_each_level(bytes, |start, end| {
+            inline &= levels.try_push(level(start, end)).is_ok();
         });
         if inline {
             type Inline<T> = ArrayVec<T, { trie::INLINE }>;
@@ -572,14 +568,7 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
         // A topic deeper than the inline level array, or more live states
         // than the inline sets hold: the one allocating path (see `trie`).
         let mut levels: Vec<TopicLevel<'_>> = Vec::new();
-        for_each_level(text.as_bytes(), |start, end| {
-            let word = &text.as_bytes()[start..end];
-            levels.push(span(
-                start,
-                word,
-                self.levels.key(text.as_bytes(), start, end),
-            ));
-        });
+        for_each_level(bytes, |start, end| levels.push(level(start, end)));
         let heap = trie::walk::<V, Vec<_>, Vec<_>, Vec<_>>(root, text, &levels, &mut emit);
         debug_assert!(heap.is_ok(), "heap stacks never overflow");
     }

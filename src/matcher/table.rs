@@ -60,8 +60,7 @@ impl<T> KeyTable<T> {
     /// The home slot of a stored key.
     #[inline(always)]
     fn home(&self, key: u64) -> usize {
-        let p = u128::from(key ^ self.seed) * u128::from(super::MIX);
-        (((p as u64) ^ ((p >> 64) as u64)) as usize) & (self.keys.len() - 1)
+        (super::scatter(key, self.seed) as usize) & (self.keys.len() - 1)
     }
 
     /// The slot of the first entry with `key` that `confirm` accepts.
@@ -105,7 +104,7 @@ impl<T> KeyTable<T> {
             let mut bigger = Self::with_slots(self.keys.len() * 2);
             bigger.seed = self.seed;
             let old = std::mem::replace(self, Self::with_slots(0));
-            for (k, v) in old.into_stored() {
+            for (k, v) in old.into_entries() {
                 bigger.place(k, v);
             }
             *self = bigger;
@@ -152,19 +151,14 @@ impl<T> KeyTable<T> {
         Some(value)
     }
 
-    /// Every entry with its stored key (a key 0 reads as 1).
-    fn into_stored(self) -> impl Iterator<Item = (u64, T)> {
+    /// Every entry, by value, with its stored key (a key 0 reads as 1; keys
+    /// are only ever used to look entries up again, where the two are one).
+    pub(super) fn into_entries(self) -> impl Iterator<Item = (u64, T)> {
         self.keys
             .into_vec()
             .into_iter()
             .zip(self.vals.into_vec())
             .filter_map(|(k, v)| Some((k, v?)))
-    }
-
-    /// Every entry, by value, with its key (a key 0 reads as 1; keys are
-    /// only ever used to look entries up again, where the two are one).
-    pub(super) fn into_entries(self) -> impl Iterator<Item = (u64, T)> {
-        self.into_stored()
     }
 
     /// Every entry, in slot order.
