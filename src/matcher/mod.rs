@@ -4,9 +4,11 @@
 //! pattern matching this topic?". It is the routing table of the bus, and
 //! usable on its own.
 //!
-//! - **Exact patterns** (no wildcard) live in a persistent hash map keyed by
-//!   the hash a [`Topic`] carries from parsing: one probe, whatever their
-//!   number.
+//! - **Exact patterns** (no wildcard) live in a persistent hash trie keyed by
+//!   the hash a [`Topic`] carries from parsing (see the `exact` module): dense
+//!   64-way nodes, with each leaf's one-byte key tags in its parent's cache
+//!   line, so a probe reads two or three node lines, one entry, and the text
+//!   that confirms it, whatever the number of patterns.
 //! - **Wildcard patterns** live in a trie walked level by level as an NFA with
 //!   deduplicated state sets (see the `trie` module's docs): the cost grows with
 //!   the topic depth and the number of live wildcard states, not with the
@@ -28,7 +30,7 @@
 //!   which take a heap-backed path.
 //! - **Persistent**: `clone` is O(1); an insert or remove afterwards copies the
 //!   O(depth) trie nodes on the pattern's path (with the child table of a wide
-//!   node and the tail table of a `#` node on it) and O(log n) hash-map nodes.
+//!   node and the tail table of a `#` node on it) and O(log n) exact-map nodes.
 //!   The registry builds each new snapshot this way, so a subscription change
 //!   never rebuilds the table (≈ 10 µs at 100 K subscriptions, measured).
 //!
@@ -49,6 +51,7 @@
 //! # Ok::<(), topicbus::TopicError>(())
 //! ```
 
+mod exact;
 mod table;
 mod trie;
 
@@ -68,57 +71,12 @@ use trie::{Node, TopicLevel};
 pub(crate) type PMap<K, V> =
     imbl::GenericHashMap<K, V, crate::sync::Hasher, imbl::shared_ptr::DefaultSharedPtr>;
 
-/// A persistent hash map keyed by an already computed (seeded) hash.
-type IdMap<V> = imbl::GenericHashMap<u64, V, IdState, imbl::shared_ptr::DefaultSharedPtr>;
-
-/// Entries whose keys share one hash (almost always exactly one).
-type Bucket<T> = SmallVec<[(Arc<str>, T); 1]>;
-
-/// Builds [`IdHasher`]s with the process's table seed.
-#[derive(Clone, Copy)]
-pub(crate) struct IdState(u64);
-
-impl Default for IdState {
-    fn default() -> Self {
-        Self(crate::sync::table_seed())
-    }
-}
-
-impl std::hash::BuildHasher for IdState {
-    type Hasher = IdHasher;
-    #[inline]
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(self.0)
-    }
-}
-
-/// Hashes a `u64` key that is already a level key or a seeded hash into a
-/// table index: one seeded folded multiply, so the raw bytes of short-level
-/// keys (see [`LevelHash`]) spread over the table and the slots they take
-/// cannot be predicted from outside the process.
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 = scatter(n, self.0);
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed; fold anything else in for completeness.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(MIX);
-        }
-    }
-}
-
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// A key mixed with a seed by one folded multiply (both halves of the 128-bit
-/// product): the table index of [`IdHasher`] and of [`table::KeyTable`].
+/// product): the home slot of a key in a [`table::KeyTable`], so the raw bytes
+/// of short-level keys (see [`LevelHash`]) spread over the table and the slots
+/// they take cannot be predicted from outside the process.
 #[inline(always)]
 fn scatter(key: u64, seed: u64) -> u64 {
     let p = u128::from(key ^ seed) * u128::from(MIX);
@@ -174,6 +132,16 @@ fn word_at(text: &[u8], start: usize) -> u64 {
 }
 
 impl LevelHash {
+    /// The exact-map key for a text's [`topic_key`](crate::sync::topic_key).
+    #[inline(always)]
+    fn exact_key(&self, key: u32) -> u32 {
+        #[cfg(test)]
+        if self.collide {
+            return key & 3;
+        }
+        key
+    }
+
     /// The key of the level `text[start..end]`.
     #[inline(always)]
     fn key(&self, text: &[u8], start: usize, end: usize) -> u64 {
@@ -234,36 +202,6 @@ fn for_each_level(s: &[u8], mut f: impl FnMut(usize, usize)) {
     f(start, s.len());
 }
 
-/// Applies `f` to the slots stored under `text` in `bucket`, adding the entry
-/// (with the text from `make_text`) or removing it as `f` leaves it non-empty
-/// or empty. Returns +1 when an entry was added, -1 when one was removed,
-/// 0 otherwise. Shared by the exact map and the trie's tail tables.
-fn edit_bucket<V: Clone>(
-    bucket: &mut Bucket<Arc<[Slot<V>]>>,
-    text: &str,
-    make_text: impl FnOnce() -> Arc<str>,
-    f: impl FnOnce(&mut Vec<Slot<V>>),
-) -> i32 {
-    let at = bucket.iter().position(|(t, _)| **t == *text);
-    let mut slots = at.map(|i| bucket[i].1.to_vec()).unwrap_or_default();
-    f(&mut slots);
-    match (at, slots.is_empty()) {
-        (Some(i), true) => {
-            bucket.swap_remove(i);
-            -1
-        }
-        (Some(i), false) => {
-            bucket[i].1 = Arc::from(slots);
-            0
-        }
-        (None, false) => {
-            bucket.push((make_text(), Arc::from(slots)));
-            1
-        }
-        (None, true) => 0,
-    }
-}
-
 /// A value where one pattern ends.
 #[derive(Clone)]
 struct Slot<V> {
@@ -306,7 +244,7 @@ pub struct Matcher<V> {
     levels: LevelHash,
     /// Exact patterns, keyed by [`topic_key`](crate::sync::topic_key) of
     /// their text (which a [`Topic`] carries).
-    exact: IdMap<Bucket<Arc<[Slot<V>]>>>,
+    exact: exact::ExactMap<Arc<[Slot<V>]>>,
     /// Wildcard patterns; `None` when there are none, so exact-only tables
     /// skip the walk entirely.
     root: Option<Arc<Node<V>>>,
@@ -339,7 +277,7 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
                 #[cfg(test)]
                 collide: false,
             },
-            exact: IdMap::default(),
+            exact: exact::ExactMap::default(),
             root: None,
             index: PMap::with_hasher(crate::sync::hasher()),
             len: 0,
@@ -539,7 +477,7 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
         };
         let text = topic.as_str();
         // The topic carries its exact-map key (hashed once, when parsed).
-        self.exact_match(text, self.exact_key(topic.key()), &mut emit);
+        self.exact_match(text, self.levels.exact_key(topic.key()), &mut emit);
         let Some(root) = self.root.as_deref() else {
             return;
         };
@@ -573,25 +511,11 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
         debug_assert!(heap.is_ok(), "heap stacks never overflow");
     }
 
-    /// The exact-map key for a text's [`topic_key`](crate::sync::topic_key).
-    #[inline]
-    fn exact_key(&self, key: u32) -> u64 {
-        #[cfg(test)]
-        if self.levels.collide {
-            return u64::from(key & 3);
-        }
-        u64::from(key)
-    }
-
     /// Emits the slots of the exact pattern equal to `text`, if any.
     #[inline]
-    fn exact_match<'a>(&'a self, text: &str, key: u64, emit: &mut impl FnMut(&'a [Slot<V>])) {
-        if let Some(bucket) = self.exact.get(&key) {
-            for (t, slots) in bucket {
-                if **t == *text {
-                    emit(slots);
-                }
-            }
+    fn exact_match<'a>(&'a self, text: &str, key: u32, emit: &mut impl FnMut(&'a [Slot<V>])) {
+        if let Some(slots) = self.exact.get(key, text) {
+            emit(slots);
         }
     }
 
@@ -628,12 +552,19 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
     fn edit_slots(&mut self, pattern: &Pattern, f: impl FnOnce(&mut Vec<Slot<V>>)) {
         if pattern.is_exact() {
             let text = pattern.as_str();
-            let key = self.exact_key(crate::sync::topic_key(text));
-            let bucket = self.exact.entry(key).or_default();
-            edit_bucket(bucket, text, || pattern.shared_text().clone(), f);
-            if bucket.is_empty() {
-                self.exact.remove(&key);
-            }
+            let key = self.levels.exact_key(crate::sync::topic_key(text));
+            let key_of = |t: &str| self.levels.exact_key(crate::sync::topic_key(t));
+            self.exact.update(
+                key,
+                text,
+                || pattern.shared_text().clone(),
+                &key_of,
+                |slots| {
+                    let mut slots = slots.map(|s| s.to_vec()).unwrap_or_default();
+                    f(&mut slots);
+                    (!slots.is_empty()).then(|| Arc::from(slots))
+                },
+            );
         } else {
             let levels = self.levels.clone();
             let hash = |l: &str| levels.key(l.as_bytes(), 0, l.len());
