@@ -13,15 +13,19 @@
 //! back (no tombstones), so lookups never slow down with churn.
 
 /// An open-addressing table of `(u64, T)` entries; see the module docs.
+///
+/// The fields a lookup reads come first (`repr(C)`), so in a trie node they
+/// share the node's first cache line.
 #[derive(Clone)]
+#[repr(C)]
 pub(super) struct KeyTable<T> {
+    seed: u64,
     /// Slot keys, [`EMPTY`] where the slot is free: a power of two in
     /// length (at least 2), at most half full. Kept apart from the values so
     /// a probe scans 8 keys per cache line and reads one value.
     keys: Box<[u64]>,
     vals: Box<[Option<T>]>,
     len: usize,
-    seed: u64,
 }
 
 /// The key of a free slot. A real key 0 is stored (and looked up) as 1;

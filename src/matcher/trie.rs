@@ -67,25 +67,27 @@ pub(super) const SMALL_MAX: usize = 4;
 /// A table shrinks back to a vector at this count (hysteresis).
 const SMALL_BACK: usize = SMALL_MAX / 2;
 
-/// One trie node.
+/// One trie node. The fields a walk reads at every visit (`lit`, `star`,
+/// `hash`, `edges` and the children's lookup fields) come first, in the
+/// node's first cache line; what only the end of a walk or an edit reads
+/// follows.
 #[derive(Clone)]
+#[repr(C, align(64))]
 pub(super) struct Node<V> {
-    /// Values whose pattern ends at this node, inline up to two.
-    pub(super) values: SmallVec<[Slot<V>; 2]>,
-    children: Children<V>,
-    star: Option<Arc<Node<V>>>,
-    hash: Option<Arc<Node<V>>>,
-    /// All-literal tails of patterns whose last `#` is this node.
-    tails: Option<Arc<Tails<V>>>,
-    /// Has a literal or `*` child, so consuming a level can lead somewhere;
-    /// a state without edges is skipped by the walk until the end.
-    edges: bool,
     /// Bit `r` set: a pattern below can match a topic with exactly `r` more
     /// levels through this node's own values or its literal and `*` edges
     /// (bit 63 stands for 63 or more). The walk keeps a reached node only if
     /// the topic has a matching number of levels left; most subtrees hold
     /// patterns of only a few lengths, so most dead ends stop at once.
     lit: u64,
+    star: Option<Arc<Node<V>>>,
+    hash: Option<Arc<Node<V>>>,
+    /// Has a literal or `*` child, so consuming a level can lead somewhere;
+    /// a state without edges is skipped by the walk until the end.
+    edges: bool,
+    children: Children<V>,
+    /// All-literal tails of patterns whose last `#` is this node.
+    tails: Option<Arc<Tails<V>>>,
     /// As `lit`, also through this node's `#` child and, on a `#` node, its
     /// tails: what a parent needs to know about this node.
     full: u64,
@@ -94,6 +96,8 @@ pub(super) struct Node<V> {
     /// by edits (recomputed when it shrinks back to a vector), so an edit
     /// stays O(1) in the fanout. A superset only prunes less, never wrongly.
     kids: u64,
+    /// Values whose pattern ends at this node, inline up to two.
+    pub(super) values: SmallVec<[Slot<V>; 2]>,
 }
 
 /// Bit 63 of a depth set: "63 or more levels".
@@ -128,7 +132,10 @@ enum Children<V> {
 }
 
 /// One all-literal tail: the levels after a `#` to the end of a pattern.
+/// Aligned to a cache line, so confirming a tail and finding its values
+/// reads one line.
 #[derive(Clone)]
+#[repr(align(64))]
 struct Tail<V> {
     /// The tail's levels joined by `.`, compared when a key is a hash.
     text: Arc<str>,
@@ -142,16 +149,18 @@ struct Tail<V> {
     slots: Arc<[Slot<V>]>,
 }
 
-/// The literal tails of one `#` node, keyed by the folded keys of their levels.
+/// The literal tails of one `#` node, keyed by the folded keys of their
+/// levels. What a lookup reads comes first, in one cache line.
 #[derive(Clone)]
+#[repr(C, align(64))]
 struct Tails<V> {
-    /// Distinct tail lengths in levels, each with how many tails have it.
-    lens: SmallVec<[(usize, usize); 2]>,
     /// Bit `k` set: some tail has `k + 1` levels (lengths up to 64; longer
     /// ones set `long` and are found through `lens`).
     mask: u64,
     long: bool,
     table: KeyTable<Tail<V>>,
+    /// Distinct tail lengths in levels, each with how many tails have it.
+    lens: SmallVec<[(usize, usize); 2]>,
 }
 
 /// Confirms that a child entry is the one for `level` with key `h`.
@@ -710,5 +719,40 @@ fn push<T: Copy, S: Stack<T>>(stack: &mut S, item: T) -> Result<(), Overflow> {
         Ok(())
     } else {
         Err(Overflow)
+    }
+}
+#[cfg(test)]
+mod layout {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of};
+
+    /// What a walk reads at every visit sits in a node's first cache line,
+    /// and a tail and the lookup fields of a tail set fill one line each.
+    #[test]
+    fn hot_fields_share_a_line() {
+        type N = Node<u64>;
+        assert_eq!(align_of::<N>(), 64);
+        for hot in [
+            offset_of!(N, lit),
+            offset_of!(N, star),
+            offset_of!(N, hash),
+            offset_of!(N, edges),
+        ] {
+            assert!(
+                hot < offset_of!(N, children),
+                "hot field after the children"
+            );
+        }
+        // The children need no tag beside the table (the variants share its
+        // niche), so a wide node's seed and key slice (all that a lookup
+        // that misses reads) are in line 0.
+        assert_eq!(
+            size_of::<Children<u64>>(),
+            size_of::<KeyTable<Child<u64>>>()
+        );
+        assert!(offset_of!(N, children) + 3 * size_of::<u64>() <= 64);
+        assert_eq!(size_of::<Tail<u64>>(), 64);
+        assert_eq!(align_of::<Tails<u64>>(), 64);
+        assert!(offset_of!(Tails<u64>, table) + 3 * size_of::<u64>() <= 64);
     }
 }
