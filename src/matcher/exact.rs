@@ -221,14 +221,14 @@ impl<T: Clone> Child<T> {
                 delta
             }
             Child::Leaf { tags, entries } => {
-                let at = leaf_find(tags, entries, key, text);
-                let new = f(at.map(|i| &entries[i].value));
-                let mut all = match (at, &new) {
+                let found = leaf_find(tags, entries, key, text);
+                let new = f(found.map(|i| &entries[i].value));
+                let mut all = match (found, &new) {
                     (None, None) => return 0,
                     _ => entries.to_vec(),
                 };
                 // Tags are kept in step here; only a split re-keys entries.
-                let delta = match (at, new) {
+                let delta = match (found, new) {
                     (None, None) => 0,
                     (Some(i), Some(value)) => {
                         all[i].value = value;

@@ -552,8 +552,8 @@ impl<V: Clone + Eq + Hash> Matcher<V> {
     fn edit_slots(&mut self, pattern: &Pattern, f: impl FnOnce(&mut Vec<Slot<V>>)) {
         if pattern.is_exact() {
             let text = pattern.as_str();
-            let key = self.levels.exact_key(crate::sync::topic_key(text));
             let key_of = |t: &str| self.levels.exact_key(crate::sync::topic_key(t));
+            let key = key_of(text);
             self.exact.update(
                 key,
                 text,

@@ -15,7 +15,7 @@
 /// An open-addressing table of `(u64, T)` entries; see the module docs.
 ///
 /// The fields a lookup reads come first (`repr(C)`), so in a trie node they
-/// share the node's first cache line.
+/// sit within the node's first 64 bytes, beside the walk's other fields.
 #[derive(Clone)]
 #[repr(C)]
 pub(super) struct KeyTable<T> {

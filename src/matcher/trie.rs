@@ -723,6 +723,7 @@ fn push<T: Copy, S: Stack<T>>(stack: &mut S, item: T) -> Result<(), Overflow> {
         Err(Overflow)
     }
 }
+
 #[cfg(test)]
 mod layout {
     use super::*;
@@ -732,18 +733,15 @@ mod layout {
     /// what a tail lookup reads in a tail set's.
     #[test]
     fn hot_fields_come_first() {
+        let all_before = |hot: [usize; 4], cold: usize| hot.iter().all(|&h| h < cold);
         type N = Node<u64>;
-        for hot in [
+        let walk = [
             offset_of!(N, lit),
             offset_of!(N, star),
             offset_of!(N, hash),
             offset_of!(N, edges),
-        ] {
-            assert!(
-                hot < offset_of!(N, children),
-                "hot field after the children"
-            );
-        }
+        ];
+        assert!(all_before(walk, offset_of!(N, children)));
         // The children need no tag beside the table (the variants share its
         // niche), so a wide node's seed and key slice (all that a lookup
         // that misses reads) are in the first 64 bytes.
@@ -753,5 +751,14 @@ mod layout {
         );
         assert!(offset_of!(N, children) + 3 * size_of::<u64>() <= 64);
         assert!(offset_of!(Tails<u64>, table) + 3 * size_of::<u64>() <= 64);
+        // A tail's text, read only for long levels, comes last.
+        type T = Tail<u64>;
+        let confirm = [
+            offset_of!(T, keys),
+            offset_of!(T, slots),
+            offset_of!(T, len),
+            offset_of!(T, exact),
+        ];
+        assert!(all_before(confirm, offset_of!(T, text)));
     }
 }
