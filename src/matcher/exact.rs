@@ -223,13 +223,10 @@ impl<T: Clone> Child<T> {
             Child::Leaf { tags, entries } => {
                 let found = leaf_find(tags, entries, key, text);
                 let new = f(found.map(|i| &entries[i].value));
-                let mut all = match (found, &new) {
-                    (None, None) => return 0,
-                    _ => entries.to_vec(),
-                };
+                let mut all = entries.to_vec();
                 // Tags are kept in step here; only a split re-keys entries.
                 let delta = match (found, new) {
-                    (None, None) => 0,
+                    (None, None) => return 0,
                     (Some(i), Some(value)) => {
                         all[i].value = value;
                         0

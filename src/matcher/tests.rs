@@ -112,7 +112,7 @@ fn removing_everything_prunes_the_trie() {
     }
     assert!(m.is_empty());
     assert!(m.root.is_none(), "empty trie nodes must be pruned");
-    assert!((m.exact.len() == 0));
+    assert_eq!(m.exact.len(), 0);
     assert_eq!(m.value_count(), 0);
 }
 
@@ -300,7 +300,8 @@ fn colliding_level_hashes_still_route_exactly() {
         assert!(m.remove(&p(&format!("s.l{i}.*")), &i));
         assert!(m.remove(&p(&format!("e.l{i}")), &(1000 + i)));
     }
-    assert!(m.is_empty() && m.root.is_none() && (m.exact.len() == 0));
+    assert!(m.is_empty() && m.root.is_none());
+    assert_eq!(m.exact.len(), 0);
 }
 
 #[test]
